@@ -25,6 +25,23 @@ def test_euclidean_cost_matches_numpy():
   np.testing.assert_allclose(np.asarray(ot.euclidean(x, y)), ref, rtol=1e-4, atol=1e-3)
 
 
+def test_kernel_mode_sinkhorn_matches_log_domain_and_numpy():
+  """Kernel mode (the Gibbs kernel formed once, ``ot._GibbsGeometry``) = ott's log-domain solve = numpy scaling."""
+  x, y, a, b = _clouds()
+  c, _, _ = ot.reduce_cost(ot.euclidean(x, y))
+  kw = dict(epsilon=0.1, relative_epsilon="mean", num_iters=200)
+  kernel = ot.sinkhorn(c, a, b, lse_mode=False, **kw)
+  log = ot.sinkhorn(c, a, b, lse_mode=True, **kw)
+  np.testing.assert_allclose(np.asarray(kernel.matrix), np.asarray(log.matrix), atol=1e-6)
+  cn = np.asarray(c, np.float64)
+  k = np.exp(-cn / (0.1 * cn.mean()))
+  u, v = np.ones(len(a)), np.ones(len(b))
+  for _ in range(200):  # Sinkhorn-Knopp scalings, g update first as ott does
+    v = b / (k.T @ u)
+    u = a / (k @ v)
+  np.testing.assert_allclose(np.asarray(kernel.matrix), u[:, None] * k * v[None, :], atol=1e-6)
+
+
 def test_round_plan_is_feasible():
   x, y, a, b = _clouds()
   out = ot.sinkhorn(ot.euclidean(x, y), a, b, epsilon=0.05, num_iters=3)  # far from converged on purpose

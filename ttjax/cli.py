@@ -559,6 +559,9 @@ def _enable_compilation_cache() -> None:
 
 
 def main(argv=None) -> int:
+  import warnings  # pylint: disable=import-outside-toplevel
+  # ott-jax 0.6 imports jaxopt, which warns on import that it is unmaintained: noise for a command-line user
+  warnings.filterwarnings("ignore", message="JAXopt is no longer maintained", category=DeprecationWarning)
   args = build_parser().parse_args(argv)
   if argv is None:
     _enable_compilation_cache()

@@ -42,6 +42,24 @@ def test_kernel_mode_sinkhorn_matches_log_domain_and_numpy():
   np.testing.assert_allclose(np.asarray(kernel.matrix), u[:, None] * k * v[None, :], atol=1e-6)
 
 
+def test_zero_weight_atoms_do_not_change_a_fixed_iteration_solve():
+  """Padding (zero-weight rows and columns, far away and on top of the other side's points) leaves the 10-iteration
+  training value and its gradients unchanged: cost reduction and relative epsilon look at positive weights only."""
+  x, y, a, b = _clouds(n=30, m=20)
+  rng = np.random.default_rng(3)
+  xp = np.concatenate([x, 5.0 * rng.normal(size=(7, x.shape[1])).astype(np.float32), y[:3]])
+  yp = np.concatenate([y, 5.0 * rng.normal(size=(4, y.shape[1])).astype(np.float32), x[:2]])
+  ap = np.concatenate([a, np.zeros(10, np.float32)])
+  bp = np.concatenate([b, np.zeros(6, np.float32)])
+  value = lambda x, y, a, b: ot.entropic_value(ot.euclidean(x, y), a, b, epsilon=0.05, num_iters=10)
+  np.testing.assert_allclose(float(value(xp, yp, ap, bp)), float(value(x, y, a, b)), rtol=1e-5)
+  gx, ga = jax.grad(value, argnums=(0, 2))(x, y, a, b)
+  gxp, gap = jax.grad(value, argnums=(0, 2))(xp, yp, ap, bp)
+  np.testing.assert_allclose(np.asarray(gxp)[:len(x)], np.asarray(gx), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(gap)[:len(a)], np.asarray(ga), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(gxp)[len(x):], 0.0)
+
+
 def test_round_plan_is_feasible():
   x, y, a, b = _clouds()
   out = ot.sinkhorn(ot.euclidean(x, y), a, b, epsilon=0.05, num_iters=3)  # far from converged on purpose

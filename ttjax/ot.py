@@ -100,18 +100,25 @@ def sinkhorn(cost: jax.Array, a: jax.Array, b: jax.Array, *, epsilon: float = 0.
   return solver(prob) if init is None else solver(prob, init=init)
 
 
-def reduce_cost(cost: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """``C = C' + r 1^T + 1 c^T`` with ``r_i = min_j C_ij`` and ``c_j = min_i (C_ij - r_i)``; returns ``(C', r, c)``.
+def reduce_cost(cost: jax.Array, a: Optional[jax.Array] = None,
+                b: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """``C = C' + r 1^T + 1 c^T`` with ``r_i = min_{j: b_j > 0} C_ij`` and ``c_j = min_{i: a_i > 0} (C_ij - r_i)``;
+  returns ``(C', r, c)``.
 
   Shifting rows and columns changes every coupling's cost by the same constant ``<a, r> + <b, c>``, so the OT plan
-  is unchanged, and the duals of ``C`` are ``(f' + r, g' + c)``. ``C' >= 0`` has a zero in every row and column,
-  so the Gibbs kernel ``exp(-C' / eps)`` has an entry 1 in each: kernel-mode Sinkhorn cannot underflow to an empty
-  row or column.
+  is unchanged, and the duals of ``C`` are ``(f' + r, g' + c)``. ``C' >= 0`` has a zero in every row and column
+  with positive weight, so the Gibbs kernel ``exp(-C' / eps)`` has an entry 1 in each: kernel-mode Sinkhorn cannot
+  underflow to an empty row or column. The minima run over positive-weight atoms only (all, when ``a``/``b`` are
+  not given), so zero-weight atoms (padding) change neither the shifts nor, hence, a fixed-iteration solve; their
+  own entries are clamped at 0 (they carry no mass).
   """
-  r = jnp.min(cost, axis=1)
+  inf = jnp.asarray(jnp.inf, cost.dtype)
+  live_min = lambda m, live, axis: (lambda v: jnp.where(jnp.isfinite(v), v, 0.0))(
+      jnp.min(m if live is None else jnp.where(live, m, inf), axis=axis))
+  r = live_min(cost, None if b is None else (b > 0)[None, :], 1)
   reduced = cost - r[:, None]
-  c = jnp.min(reduced, axis=0)
-  return reduced - c[None, :], r, c
+  c = live_min(reduced, None if a is None else (a > 0)[:, None], 0)
+  return jnp.maximum(reduced - c[None, :], 0.0), r, c
 
 
 def mean_cost(cost: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
@@ -171,7 +178,7 @@ def entropic_value(cost: jax.Array, a: jax.Array, b: jax.Array, *, epsilon: floa
   pass over ``C`` and matrix-vector products, instead of two ``exp`` passes per log-domain iteration.
   """
   cost_sg = jax.lax.stop_gradient(cost)
-  reduced, r, c = reduce_cost(cost_sg)
+  reduced, r, c = reduce_cost(cost_sg, a, b)
   eps = jax.lax.stop_gradient(_absolute_epsilon(cost_sg, a, b, epsilon, relative_epsilon))
   out = sinkhorn(reduced, jax.lax.stop_gradient(a), jax.lax.stop_gradient(b), epsilon=eps, relative_epsilon=None,
                  num_iters=num_iters, threshold=threshold, lse_mode=lse_mode)

@@ -61,3 +61,24 @@ def test_gradient_penalty_keeps_the_head_near_tau():
   # with the penalty, random-label gradient norms stay close to tau; without it they grow well past it
   assert np.quantile(norms[10.0], 0.95) <= 0.5 * 1.25
   assert np.quantile(norms[0.0], 0.95) > np.quantile(norms[10.0], 0.95) * 1.5
+
+
+def test_closed_form_gradients_match_autodiff():
+  # the closed forms (label_gradients, gradient_norms) against jax.jacrev / jax.grad on a few points
+  rng = np.random.default_rng(1)
+  ks, kt, d = 4, 3, 6
+  head = hd.LinearHead(W=jnp.asarray(rng.normal(size=(ks, d)) * 2, jnp.float32),
+                       c=jnp.asarray(rng.normal(size=ks), jnp.float32))
+  b_map = rng.dirichlet(np.ones(kt) * 0.5, size=ks).T
+  params = tf.Transforms(d_logits=jnp.zeros(ks), b_logits=jnp.log(jnp.asarray(b_map, jnp.float32)),
+                         A=jnp.eye(d), b=jnp.asarray(rng.normal(size=d), jnp.float32),
+                         A_bar=jnp.asarray(np.eye(d) + 0.2 * rng.normal(size=(d, d)), jnp.float32))
+  z = jnp.asarray(rng.normal(size=(8, d)) * 2, jnp.float32)
+  oracle = jax.vmap(jax.jacrev(lambda zi: hd.transformed_loss(head, params, zi[None])[0]))(z)  # (8, K_t, d)
+  got = hd.label_gradients(head, params, z)
+  assert got.shape == (8, kt, d)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(oracle), rtol=1e-4, atol=1e-5)
+  y = jnp.asarray(rng.integers(0, ks, 8))
+  ce_grad = jax.vmap(jax.grad(lambda zi, yi: hd.cross_entropy(head, zi[None], yi[None])[0]))(z, y)
+  np.testing.assert_allclose(np.asarray(hd.gradient_norms(head, z, y)), np.linalg.norm(np.asarray(ce_grad), axis=-1),
+                             rtol=1e-4)

@@ -16,13 +16,15 @@ blocks ``(mu_k, nu_k)`` with ``sum_k mu_k = mu``, ``sum_k nu_k = nu`` and ``mass
 and with each ``P_k`` the rounded Sinkhorn plan of block ``k`` (:func:`ttjax.ot.certified_value`) the sum is the
 cost of a feasible coupling: an upper bound of the exact ``W``, like the dense certified value. It is tight when
 the blocks follow the optimal plan (mass that should travel between blocks is the only loss). The blocks come from
-a recursive *mass-median bisection*: project both point sets on the principal axis of their union, cut each
-measure at half its mass (the atom on the cut is split in two), pair the two lower halves and the two upper halves,
-recurse until a block has at most ``block_size`` atoms per side. That is a k-d tree built on both measures at
-once; it sends mass between spatially matched regions. Cost: the partition is ``O(n d log(n / block_size))`` on
-the host; the blocks' Sinkhorn is ``O(n_t * block_size)`` per iteration in all (a block has ``block_size`` source
-atoms and ``~block_size * n_t / n_s`` target atoms), so the evaluation is linear in ``n``, with memory one
-``block_size^2`` matrix at a time (``lax.map`` over blocks).
+a recursive *bisection*: project both point sets on the principal axis of their union, cut the measure with more
+atoms at its count median and the other at the same mass (the atom on that cut is split in two), pair the two
+lower parts and the two upper parts, recurse until a block has at most ``block_size`` atoms per side. That is a
+k-d tree built on both measures at once; it sends mass between spatially matched regions. Cutting by count, not
+at half the mass, keeps the depth at ``~log2(n / block_size)`` when a few atoms carry most of the mass (a class
+problem's source side: every transformed source point, most with a tiny ``B[t, y_i]``). Cost: the partition is
+``O(n d log(n / block_size))`` on the host; the blocks' Sinkhorn is ``O(n_t * block_size)`` per iteration in all,
+so the evaluation is linear in ``n``, with memory one ``block_size^2`` matrix at a time (``lax.map`` over blocks,
+grouped by padded shape -- powers of two -- so a small block is not padded to the largest).
 
 The uniform *minibatch* estimator (mean of ``W`` over random equal-size minibatches, Fatras et al. 2020) is the
 special case of random blocks: also an upper bound (the averaged minibatch plans are a coupling) but much looser,
@@ -81,7 +83,8 @@ def _cut(idx: np.ndarray, mass: np.ndarray, proj: np.ndarray, half: float):
 
 def partition(x: np.ndarray, a: np.ndarray, y: np.ndarray, b: np.ndarray, *, block_size: int = 2048,
               seed: int = 0, max_depth: int = 40) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-  """Matching-mass blocks of ``(x (n, d), a (n,))`` and ``(y (m, d), b (m,))`` by recursive mass-median bisection.
+  """Matching-mass blocks of ``(x (n, d), a (n,))`` and ``(y (m, d), b (m,))`` by recursive bisection: the side
+  with more atoms is cut at its count median along the principal axis of the union, the other at the same mass.
 
   Returns ``[(ix, ax, iy, by), ...]``: atom indices and masses of each block, ``sum(ax) == sum(by)`` per block, the
   masses of every atom summing (over the blocks it appears in) to its ``a_i`` / ``b_j``; at most ``block_size``
@@ -99,18 +102,27 @@ def partition(x: np.ndarray, a: np.ndarray, y: np.ndarray, b: np.ndarray, *, blo
       leaves.append((ix, ax, iy, by))
       continue
     v = _principal_axis(np.concatenate([x[ix], y[iy]]), rng)
-    half = 0.5 * ax.sum()
-    (lx, lax_), (rx, rax) = _cut(ix, ax, x[ix] @ v, half)
-    (ly, lay), (ry, ray) = _cut(iy, by, y[iy] @ v, 0.5 * by.sum())
+    px, py = x[ix] @ v, y[iy] @ v
+    # halve the larger side by count (so the depth is ~log2(n / block_size) even when a few atoms carry most of
+    # the mass), and cut the other side at the same mass
+    median_mass = lambda m, p: np.cumsum(m[np.argsort(p, kind="stable")])[len(m) // 2 - 1]
+    if len(ix) >= len(iy):
+      left_x = median_mass(ax, px)
+      left_y = left_x * (by.sum() / ax.sum())
+    else:
+      left_y = median_mass(by, py)
+      left_x = left_y * (ax.sum() / by.sum())
+    (lx, lax_), (rx, rax) = _cut(ix, ax, px, left_x)
+    (ly, lay), (ry, ray) = _cut(iy, by, py, left_y)
     todo.append((lx, lax_, ly, lay, depth + 1))
     todo.append((rx, rax, ry, ray, depth + 1))
   return leaves
 
 
-def _pack(blocks, dtype=np.float32):
-  """Blocks -> padded arrays ``(num_blocks, S)`` of indices and masses (padding: index 0, mass 0)."""
-  sx = max(len(ix) for ix, _, _, _ in blocks)
-  sy = max(len(iy) for _, _, iy, _ in blocks)
+def _pack(blocks, dtype=np.float32, shape=None):
+  """Blocks -> padded arrays ``(num_blocks, S)`` of indices and masses (padding: index 0, mass 0); ``shape``:
+  ``(S_x, S_y)``, default the largest block's."""
+  sx, sy = shape or (max(len(ix) for ix, _, _, _ in blocks), max(len(iy) for _, _, iy, _ in blocks))
   nb = len(blocks)
   bix, bax = np.zeros((nb, sx), np.int32), np.zeros((nb, sx), dtype)
   biy, bay = np.zeros((nb, sy), np.int32), np.zeros((nb, sy), dtype)
@@ -137,13 +149,18 @@ def blocked_w(x, a, y, b, *, cost_fn=ot.euclidean, block_size: int = 2048, epsil
               num_iters: int = 3000, threshold: Optional[float] = 1e-5, seed: int = 0) -> tuple[float, int]:
   """Certified upper bound of ``W(sum_i a_i delta_{x_i}, sum_j b_j delta_{y_j})`` by the block partition (module
   docstring). ``x (n, d)``, ``a (n,)``, ``y (m, d)``, ``b (m,)`` with equal total mass. Returns
-  ``(value, number of blocks)``. Never builds more than one ``block_size x block_size``-ish cost matrix."""
+  ``(value, number of blocks)``. Never builds more than one ``block_size x block_size``-ish cost matrix; blocks
+  are solved in groups of equal padded shape (each side padded to a power of two, at least 16)."""
   xn, yn = np.asarray(x), np.asarray(y)
   blocks = partition(xn, np.asarray(a), yn, np.asarray(b), block_size=block_size, seed=seed)
-  bix, bax, biy, bay = _pack(blocks)
-  value = _blocks_value(jnp.asarray(xn), jnp.asarray(yn), bix, bax, biy, bay, epsilon, cost_fn, num_iters,
-                        threshold)
-  return float(value), len(blocks)
+  pow2 = lambda k: max(16, 1 << (k - 1).bit_length())
+  groups: dict[tuple[int, int], list] = {}
+  for blk in blocks:
+    groups.setdefault((pow2(len(blk[0])), pow2(len(blk[2]))), []).append(blk)
+  xj, yj = jnp.asarray(xn), jnp.asarray(yn)
+  value = sum(float(_blocks_value(xj, yj, *_pack(g, shape=shape), epsilon, cost_fn, num_iters, threshold))
+              for shape, g in groups.items())
+  return value, len(blocks)
 
 
 @functools.partial(jax.jit, static_argnames=("cost_fn",))

@@ -47,18 +47,16 @@ def test_zoo_matches_single_runs(zoo):
   # batch_size), so nothing in training is padded and every pair equals its single run to float precision
   batch = bt.analyse_batch(zoo["keys"], zoo["sources"], zoo["target"], CFG)
   single = [bd.analyse(k, s, zoo["target"], CFG) for k, s in zip(zoo["keys"], zoo["sources"])]
-  # The vmapped and the single programs are compiled differently (fusion, summation order), and Adam divides by
-  # sqrt(v): a gradient component that is ~0 up to float noise (e.g. the -30 logits of a hard initial B) gets an
-  # lr-sized step of either sign, in either run. Measured with the centroid-initialised B: 2e-7 on two pairs, 1e-3
-  # on one (tau_hat 2e-3); the same happens between two single runs compiled differently.
+  # The vmapped and the single programs are compiled differently (fusion, summation order); Adam slowly amplifies
+  # that float noise. Measured (2026-11-22): bounds within 1e-4..1e-3 of the single runs.
   _close([a.result for a in batch], [a.result for a in single], rtol=3e-3,
          fields=("bound", "wasserstein", "source_loss", "target_loss"))
   _close([a.result for a in batch], [a.result for a in single], rtol=2e-2, fields=("entropy", "tau_hat", "target_accuracy"))
   for a, b in zip(batch, single):
     np.testing.assert_allclose(np.asarray(a.params.B), np.asarray(b.params.B), atol=1e-2)
     np.testing.assert_allclose(np.asarray(a.head.W), np.asarray(b.head.W), atol=1e-4)
-    np.testing.assert_allclose(a.history["objective"][:1], b.history["objective"][:1], rtol=1e-4)  # then Adam amplifies
-  assert sum(abs(a.result.bound / b.result.bound - 1) < 1e-5 for a, b in zip(batch, single)) >= 2
+    # the same objective step by step until float noise, amplified by Adam, shows (measured: after 6-15 steps)
+    np.testing.assert_allclose(a.history["objective"][:5], b.history["objective"][:5], rtol=1e-5)
   # a better-separated source transfers better: the zoo's bounds are ordered
   bounds = [a.result.bound for a in batch]
   assert bounds[0] < bounds[2]
@@ -95,16 +93,20 @@ def test_padding_is_exact_without_training(zoo):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "known, open (issue 6): with learned transforms, ragged padded pairs drift from their single runs by ~2% on "
-    "the bound (was ~6% before ot.reduce_cost ignored zero-weight atoms); padding without training is exact"))
-def test_padding_with_training_stays_within_tolerance(zoo):
-  # Learned transforms on ragged pairs: padded minibatches must not change the optimisation beyond float noise.
-  batch = bt.bound_batch(zoo["keys"], zoo["ragged_s"], zoo["ragged_t"], CFG)
-  single = [bd.analyse(k, s, t, CFG).result for k, s, t in zip(zoo["keys"], zoo["ragged_s"], zoo["ragged_t"])]
-  _close(batch, single, rtol=2e-2, fields=("bound", "wasserstein", "source_loss", "entropy"))
-  _close(batch, single, rtol=5e-2, fields=("tau_hat",))
-  for r in batch:
+def test_padding_with_training_matches_single_runs(zoo):
+  # Ragged pairs (different K_s, K_t) are padded in training too. The padded objective is exact: the first steps'
+  # objective equals the single runs' to float precision (zero-weight atoms change neither the cost reduction nor
+  # epsilon of a fixed-iteration Sinkhorn; the smoothed label-split ramp keeps float noise at B D = p_T from
+  # flipping the first gradient). What remains is summation-order noise, slowly amplified by Adam: perturbing a
+  # single run's source features by 1e-6 (relative) moves its final bound by up to ~0.15% on these pairs.
+  batch = bt.analyse_batch(zoo["keys"], zoo["ragged_s"], zoo["ragged_t"], CFG)
+  single = [bd.analyse(k, s, t, CFG) for k, s, t in zip(zoo["keys"], zoo["ragged_s"], zoo["ragged_t"])]
+  for a, b in zip(batch, single):
+    np.testing.assert_allclose(a.history["objective"][:3], b.history["objective"][:3], rtol=1e-4)
+  _close([a.result for a in batch], [b.result for b in single], rtol=1e-2,
+         fields=("bound", "wasserstein", "source_loss", "entropy"))
+  for a in batch:
+    r = a.result
     assert np.isfinite(r.bound) and r.bound >= r.target_loss
     np.testing.assert_allclose(np.sum(r.B, 0), 1.0, atol=1e-5)  # no mass leaked to padded target classes
 

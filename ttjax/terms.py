@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 _TINY = 1e-12
+_SPLIT_SMOOTHING = 1e-3  # label mass; the training W's ramp width in label_split (the certified W uses 0)
 
 
 def weighted_source_loss(params: tf.Transforms, batch: Batch, head: hd.LinearHead, config=None) -> jax.Array:
@@ -94,9 +95,18 @@ def target_reference(batch: Batch, cost_fn: ot.CostFn) -> jax.Array:
 
 
 def label_split(class_w: jax.Array, mass: jax.Array, pt: jax.Array, src_ref: jax.Array, tgt_ref: jax.Array,
-                label_cost: float) -> jax.Array:
-  """Assemble ``W_split`` (module docstring) from per-class values ``class_w (K_t,)`` and the label marginals."""
-  alpha = jnp.minimum(mass, pt)
+                label_cost: float, smoothing: float = 0.0) -> jax.Array:
+  """Assemble ``W_split`` (module docstring) from per-class values ``class_w (K_t,)`` and the label marginals.
+
+  ``alpha = mass - (mass - pt)^+``. With ``smoothing = s > 0`` (training only) the excess ``x^+`` is replaced by the
+  C^1 ramp ``x^2 / 2s`` on ``[0, s]`` (then ``x - s/2``): its gradient is continuous at ``B D = p_T``, where
+  ``learned_all`` starts. With the plain kink, float noise of ~1e-9 in ``B D - p_T`` decides whether the first
+  gradient carries ``Lambda``, and Adam turns that into lr-sized differences between equivalent runs.
+  """
+  x = mass - pt
+  excess = jnp.maximum(x, 0.0) if smoothing == 0 else jnp.where(
+      x >= smoothing, x - 0.5 * smoothing, jnp.square(jnp.clip(x, 0.0, smoothing)) / (2 * smoothing))
+  alpha = mass - excess
   return (jnp.sum(alpha * class_w) + jnp.sum((mass - alpha) * src_ref) + jnp.sum((pt - alpha) * tgt_ref)
           + label_cost * jnp.sum(mass - alpha))
 
@@ -113,7 +123,8 @@ def wasserstein(params: tf.Transforms, batch: Batch, head=None, config=None) -> 
   solve = lambda c, a, b: ot.entropic_value(c, a, b, epsilon=config.epsilon, num_iters=config.sinkhorn_iters,
                                             lse_mode=config.sinkhorn_lse_mode)
   class_w = jax.vmap(solve, in_axes=(1, 0, 0))(cost, a_hat, batch.wt)
-  return label_split(class_w, mass, batch.pt, src_ref, target_reference(batch, cost_fn), config.label_cost)
+  return label_split(class_w, mass, batch.pt, src_ref, target_reference(batch, cost_fn), config.label_cost,
+                     smoothing=_SPLIT_SMOOTHING)
 
 
 def transformed_source_loss(params: tf.Transforms, batch: Batch, head: hd.LinearHead) -> jax.Array:

@@ -14,6 +14,7 @@ A *setting* names which parameters are learned; any subset can be frozen on top.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterable, Optional
 
 import jax
@@ -22,7 +23,7 @@ import numpy as np
 
 __all__ = [
     "Transforms", "SETTINGS", "PARAM_NAMES", "trainable_names", "random_label_map", "matched_prior",
-    "centroid_label_map",
+    "class_centroids", "centroid_plans", "label_map_from_plan", "centroid_label_map",
     "init_transforms", "feature_map", "inverse_map",
 ]
 
@@ -93,24 +94,47 @@ def matched_prior(label_map: np.ndarray, target_prior: np.ndarray) -> np.ndarray
   return (d / d.sum()).astype(np.float32)
 
 
-def centroid_label_map(source_z, source_y, target_z, target_y, num_source: int, num_target: int, *,
-                       epsilon: float = 0.1) -> np.ndarray:
-  """A data-driven label map: entropic OT between the class centroids.
+def class_centroids(z, y, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+  """Class means ``(K, d)`` and class frequencies ``(K,)`` of a labelled feature set (float32)."""
+  y = np.asarray(y)
+  p = np.bincount(y, minlength=num_classes) / len(y)
+  mu = jax.ops.segment_sum(jnp.asarray(z), jnp.asarray(y), num_classes) / (p * len(y))[:, None]
+  return np.asarray(mu), p.astype(np.float32)
 
-  With centroids ``mu_s``, ``nu_t`` and priors ``p_S``, ``p_T``, solve ``P = argmin <P, C> - eps H(P)`` over
-  couplings of ``(p_S, p_T)`` with ``C_st = ||mu_s - nu_t||`` (ott-jax Sinkhorn, ``eps = epsilon * mean(C)``) and
-  return ``B[t, s] = P[s, t] / p_S(s)``, ``(K_t, K_s)``. Then ``B p_S = p_T`` exactly. Related tasks start near
-  their label correspondence; for unrelated labels the target centroids coincide and ``B`` stays spread.
+
+@functools.partial(jax.jit, static_argnames=("epsilon",))
+def centroid_plans(mu_s: jax.Array, mu_t: jax.Array, ps: jax.Array, pt: jax.Array, epsilon: float = 0.1):
+  """Entropic OT plans between class centroids for ``P`` pairs in one compiled program: ``mu_s (P, K_s, d)``,
+  ``mu_t (P, K_t, d)``, priors ``ps (P, K_s)``, ``pt (P, K_t)`` -> ``(P, K_s, K_t)``.
+
+  ``P = argmin <P, C> - eps H(P)`` over couplings of ``(p_S, p_T)``, ``C_st = ||mu_s - nu_t||``, ott-jax Sinkhorn
+  with ``eps = epsilon * mean(C)``. Pairs run one after another (``lax.map``): a ``vmap`` would run every pair
+  until the slowest converges, and its different float rounding (~1e-7) would reach the learned ``B`` via Adam.
   """
   from ttjax import ot  # local: transforms are otherwise OT-free
-  ps = np.bincount(np.asarray(source_y), minlength=num_source) / len(source_y)
-  pt = np.bincount(np.asarray(target_y), minlength=num_target) / len(target_y)
-  mean = lambda z, y, k, p: jax.ops.segment_sum(jnp.asarray(z), jnp.asarray(y), k) / (p * len(y))[:, None]
-  cost = ot.euclidean(mean(source_z, source_y, num_source, ps), mean(target_z, target_y, num_target, pt))
-  plan = np.asarray(ot.sinkhorn(cost, jnp.asarray(ps, cost.dtype), jnp.asarray(pt, cost.dtype), epsilon=epsilon,
-                                num_iters=2000, threshold=1e-6).matrix, np.float64)
+  solve = lambda args: ot.sinkhorn(ot.euclidean(args[0], args[1]), args[2], args[3], epsilon=epsilon,
+                                   num_iters=2000, threshold=1e-6).matrix
+  return jax.lax.map(solve, (mu_s, mu_t, ps, pt))
+
+
+def label_map_from_plan(plan) -> np.ndarray:
+  """``B[t, s] = P[s, t] / sum_t' P[s, t']`` for a plan ``(K_s, K_t)``: ``(K_t, K_s)``, columns summing to 1."""
+  plan = np.asarray(plan, np.float64)
   b = plan.T / np.maximum(plan.sum(1), 1e-30)[None, :]
   return (b / b.sum(0, keepdims=True)).astype(np.float32)
+
+
+def centroid_label_map(source_z, source_y, target_z, target_y, num_source: int, num_target: int, *,
+                       epsilon: float = 0.1) -> np.ndarray:
+  """A data-driven label map: entropic OT between the class centroids (:func:`centroid_plans`).
+
+  With centroids ``mu_s``, ``nu_t`` and priors ``p_S``, ``p_T``, solve the entropic OT plan ``P`` between them and
+  return ``B[t, s] = P[s, t] / p_S(s)``, ``(K_t, K_s)``. Then ``B p_S = p_T``. Related tasks start near their label
+  correspondence; for unrelated labels the target centroids coincide and ``B`` stays spread.
+  """
+  (mu_s, ps), (mu_t, pt) = class_centroids(source_z, source_y, num_source), class_centroids(target_z, target_y,
+                                                                                            num_target)
+  return label_map_from_plan(centroid_plans(mu_s[None], mu_t[None], ps[None], pt[None], epsilon)[0])
 
 
 def _logits(p: np.ndarray, axis: int = -1) -> jax.Array:

@@ -34,7 +34,8 @@ def group_by_class(z: jax.Array, y: jax.Array, num_classes: int, max_class_size:
   counts = jnp.bincount(y, length=num_classes)
   start = jnp.cumsum(counts) - counts
   pos = jnp.arange(n) - start[ys]
-  idx = jnp.full((num_classes, max_class_size), n, dtype=jnp.int32).at[ys, pos].set(order, mode="drop")
+  idx = jnp.full((num_classes, max_class_size), n, dtype=jnp.int32).at[ys, pos].set(order.astype(jnp.int32),
+                                                                        mode="drop")
   zp = jnp.concatenate([z, jnp.zeros((1, z.shape[1]), z.dtype)], axis=0)
   return zp[idx]
 

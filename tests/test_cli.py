@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from ttjax import cli, report, synthetic as syn
+from ttjax import cli, synthetic as syn
+from ttjax.app import report
 
 
 @pytest.fixture(scope="module")

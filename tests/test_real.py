@@ -16,10 +16,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def real_tasks():
-  from ttjax import registry
+  from ttjax.app.resolve import resolve_task
   try:
-    src = registry.resolve_task("20ng", "minilm-l6", limit=1000, seed=0, with_test=False)
-    tgt = registry.resolve_task("r8", "minilm-l6", limit=1000, seed=0, with_test=False)
+    src = resolve_task("20ng", "minilm-l6", limit=1000, seed=0, with_test=False)
+    tgt = resolve_task("r8", "minilm-l6", limit=1000, seed=0, with_test=False)
   except Exception as e:  # asset not fetchable (offline machine): say so, do not fail
     pytest.skip(f"real assets unavailable: {e}")
   return src, tgt

@@ -1,4 +1,4 @@
-"""ttjax.report: tables, versioned JSON, CSV with the JSON's numbers, PNG figures."""
+"""ttjax.app.report: tables, versioned JSON, CSV with the JSON's numbers, PNG figures."""
 import csv
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from ttjax import report
+from ttjax.app import report
 
 
 def _row(name, bound, acc, **scores):

@@ -30,8 +30,12 @@ from typing import Optional
 import jax
 import numpy as np
 
-__all__ = ["TaskData", "TaskError", "resolve_task", "check_model", "is_feature_file", "parse_list",
-           "builtin_dataset", "class_groups", "stratified_limit"]
+from ttjax import data
+from ttjax.data.loader import ALIASES
+from ttjax.features import cache, zoo_names
+
+__all__ = ["TaskData", "TaskError", "resolve_task", "check_model", "dataset_split",
+           "is_feature_file", "parse_list", "builtin_dataset", "class_groups", "stratified_limit"]
 
 
 class TaskError(ValueError):
@@ -80,7 +84,6 @@ def is_feature_file(spec: str) -> bool:
 
 def builtin_dataset(name: str) -> Optional[str]:
   """The canonical ``ttjax_*`` builder name of a built-in dataset alias, or ``None``."""
-  from ttjax.data.loader import ALIASES  # pylint: disable=import-outside-toplevel
   if name in ALIASES:
     return ALIASES[name]
   if name in set(ALIASES.values()):
@@ -90,7 +93,6 @@ def builtin_dataset(name: str) -> Optional[str]:
 
 def check_model(model: Optional[str]) -> str:
   """Validate a MODEL that must embed raw inputs: a zoo name or a local checkpoint folder / ``.onnx`` file."""
-  from ttjax.features import zoo_names  # pylint: disable=import-outside-toplevel
   if not model:
     raise TaskError("this TASK is a dataset, so it needs --model (a zoo encoder: "
                     f"{', '.join(zoo_names())}; or a local checkpoint folder)")
@@ -145,22 +147,20 @@ def stratified_limit(labels: np.ndarray, limit: Optional[int], seed: int) -> Opt
   """Sorted indices of a class-stratified subset of at most ``limit`` rows (``None``: keep everything)."""
   if not limit or limit >= labels.shape[0]:
     return None
-  from ttjax.data import per_class_subsample  # pylint: disable=import-outside-toplevel
   k = int(np.unique(labels).size)
   if limit < 2 * k:
     raise TaskError(f"--limit {limit} is too small for {k} classes (need at least 2 per class: {2 * k})")
-  return per_class_subsample(jax.random.PRNGKey(seed), labels, limit // k)
+  return data.per_class_subsample(jax.random.PRNGKey(seed), labels, limit // k)
 
 
 def _select(labels: np.ndarray, names: list, sub: str, limit: Optional[int], seed: int):
   """Indices (into the split) and new labels / names after the class subset and the limit."""
-  from ttjax.data import group_classes  # pylint: disable=import-outside-toplevel
   idx = np.arange(labels.shape[0])
   y, new_names = np.asarray(labels, np.int64), list(names)
   if sub:
     groups = class_groups(sub, new_names)
     try:
-      idx, y, new_names = group_classes(labels, groups, names, [p for p in re.split(r"-vs-|,", sub) if p.strip()])
+      idx, y, new_names = data.group_classes(labels, groups, names, [p for p in re.split(r"-vs-|,", sub) if p.strip()])
     except ValueError as e:
       raise TaskError(f"class subset {sub!r}: {e}") from None
   keep = stratified_limit(y, limit, seed)
@@ -169,11 +169,18 @@ def _select(labels: np.ndarray, names: list, sub: str, limit: Optional[int], see
   return np.asarray(idx), np.asarray(y, np.int64), new_names
 
 
-def _dataset_split(dataset: str, split: str, model: str, sub: str, limit: Optional[int], seed: int,
-                   data_dir, progress, encoder_options: dict) -> tuple[np.ndarray, np.ndarray, list, dict]:
-  """Features, labels and class names of one split of a dataset, embedded by ``model`` (cached)."""
-  from ttjax.features import cache  # pylint: disable=import-outside-toplevel
-  opts = {k: v for k, v in encoder_options.items() if v is not None}
+def dataset_split(dataset: str, split: str, model: str, sub: str = "", limit: Optional[int] = None, seed: int = 0,
+                  data_dir=None, progress: Optional[bool] = None, encoder_options: Optional[dict] = None
+                  ) -> tuple[np.ndarray, np.ndarray, list, dict]:
+  """``(features, labels, class names, meta)`` of one split of a dataset, embedded by ``model`` (disk-cached).
+
+  ``sub``: a class subset (``"comp-vs-rec"``, see :func:`class_groups`); ``limit`` / ``seed``: the
+  class-stratified row limit; ``encoder_options``: e.g. ``{"max_length": 128}`` (``None`` values dropped).
+  Subsets are cut from a cached full split when there is one, else only the selected rows are embedded (and cached
+  under a key naming the selection). ``meta["cache"]`` says which: ``"subset"``, ``"full split"`` or
+  ``"extracted"``.
+  """
+  opts = {k: v for k, v in (encoder_options or {}).items() if v is not None}
   tag = f"sub={sub};limit={limit or 0};seed={seed}" if (sub or limit) else ""
   meta = {"dataset": dataset, "split": split, "subset": sub or None, "limit": limit, "seed": seed}
   if tag:
@@ -184,7 +191,6 @@ def _dataset_split(dataset: str, split: str, model: str, sub: str, limit: Option
   if full is not None and full["labels"] is not None and full["class_names"] is not None:
     idx, y, names = _select(np.asarray(full["labels"], np.int64), full["class_names"], sub, limit, seed)
     return full["features"][idx], y, names, {**meta, "cache": "full split"}
-  from ttjax import data  # pylint: disable=import-outside-toplevel
   try:
     inputs, labels, names = data.load(dataset, split, data_dir=data_dir)
   except KeyError as e:
@@ -244,17 +250,16 @@ def resolve_task(spec: str, model: Optional[str] = None, *, limit: Optional[int]
   dataset, _, sub = spec.partition(":")
   canonical = builtin_dataset(dataset)
   if canonical is None and data_dir is None:
-    from ttjax.data import dataset_names  # pylint: disable=import-outside-toplevel
     raise TaskError(f"unknown task {spec!r}: not an .npz file nor a built-in dataset "
-                    f"({', '.join(['20ng'] + [d for d in dataset_names() if d != '20newsgroups'])}); for another "
+                    f"({', '.join(['20ng'] + [d for d in data.dataset_names() if d != '20newsgroups'])}); for another "
                     "tfds dataset pass --data-dir where it is prepared")
   model = check_model(model)
   opts = {"max_length": max_length}
-  z, y, names, meta = _dataset_split(dataset, "train", model, sub, limit, seed, data_dir, progress, opts)
+  z, y, names, meta = dataset_split(dataset, "train", model, sub, limit, seed, data_dir, progress, opts)
   zt = yt = None
   if with_test:
     try:
-      zt, yt, tnames, tmeta = _dataset_split(dataset, "test", model, sub, test_limit, seed, data_dir, progress, opts)
+      zt, yt, tnames, tmeta = dataset_split(dataset, "test", model, sub, test_limit, seed, data_dir, progress, opts)
       meta["n_test"] = int(zt.shape[0])
     except (ValueError, KeyError) as e:  # no test split: the ground truth splits train
       meta["test_split"] = f"none ({e})"

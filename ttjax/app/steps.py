@@ -1,4 +1,4 @@
-"""The steps of the CLI's analyses on resolved tasks (:class:`ttjax.registry.TaskData`), as plain functions.
+"""The steps of the CLI's analyses on resolved tasks (:class:`ttjax.app.resolve.TaskData`), as plain functions.
 
 * :func:`ground_truth`: last-layer fine-tuning (:func:`ttjax.finetune.finetune_arrays`: vmapped lr x wd sweep,
   early stopping on a validation part of train) -> test accuracy and loss: the actual transfer;
@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from ttjax.registry import TaskData, TaskError
+from ttjax.app.resolve import TaskData, TaskError
 
 __all__ = ["ground_truth", "source_probs", "compute_scores", "bound_row", "score_names", "SOURCE_SCORES",
            "shuffled"]

@@ -1,0 +1,307 @@
+"""The ``ttjax`` commands ``bound``, ``score``, ``rank`` and ``features`` (``demo``: :mod:`ttjax.app.demo`).
+
+Each ``cmd_*`` takes the parsed arguments (:mod:`ttjax.app.parser`), resolves its TASKs (:mod:`ttjax.app.resolve`),
+runs the analysis steps (:mod:`ttjax.app.steps`), prints tables and writes the outputs (:mod:`ttjax.app.report`);
+it returns the exit status. The public helpers below are the pieces the demo shares with the commands.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from ttjax.app import report as rp
+from ttjax.app import steps
+from ttjax.app.resolve import (TaskData, TaskError, builtin_dataset, check_model, dataset_split, is_feature_file,
+                               parse_list, resolve_task)
+from ttjax.bound import BoundConfig, BoundResult
+from ttjax.evaluate import rank_report
+
+__all__ = ["cmd_bound", "cmd_score", "cmd_rank", "cmd_features", "fail", "load_npz_task", "bound_config", "run_key",
+           "resolve", "bound_entry", "bound_with_truth", "score_entry", "ground_truth_for", "pair_name",
+           "rank_rows", "print_ranking", "write_outputs"]
+
+
+def fail(msg: str):
+  """Stop the command with the one-line message ``ttjax: error: MSG`` (its first line)."""
+  raise SystemExit(f"ttjax: error: {str(msg).strip().splitlines()[0] if str(msg).strip() else msg}")
+
+
+def load_npz_task(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """Read ``features`` (n, d) and ``labels`` (n,) from an ``.npz`` file, with errors that name the file."""
+  try:
+    t = resolve_task(path, with_test=False)
+  except TaskError as e:
+    fail(str(e))
+  return t.features, t.labels
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Shared pieces (the demo uses them too).
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def bound_config(args, default_steps: int) -> BoundConfig:
+  """The :class:`BoundConfig` of the bound options (``--steps`` default ``default_steps``)."""
+  try:
+    return BoundConfig(setting=args.setting, steps=args.steps or default_steps,
+                       batch_size=None if args.batch_size <= 0 else args.batch_size, tau=args.tau)
+  except ValueError as e:
+    fail(str(e))
+
+
+def _config_dict(config: BoundConfig) -> dict:
+  return dict(setting=config.setting, steps=config.steps, batch_size=config.batch_size, tau=config.tau)
+
+
+def run_key(seed: int, *salt: int) -> jax.Array:
+  """``PRNGKey(seed)`` folded with each ``salt``: one independent key per step and pair of a run."""
+  k = jax.random.PRNGKey(seed)
+  for s in salt:
+    k = jax.random.fold_in(k, s)
+  return k
+
+
+def resolve(args, spec: str, model: Optional[str], *, with_test: bool, limit=None) -> TaskData:
+  """TASK ``spec`` under ``model`` with the task options of ``args`` (``limit`` overrides ``--limit``)."""
+  return resolve_task(spec, model, limit=args.limit if limit is None else limit, test_limit=args.test_limit,
+                      seed=args.seed, data_dir=args.data_dir, with_test=with_test, progress=not args.quiet,
+                      max_length=args.max_length)
+
+
+def _settings(args, **extra) -> dict:
+  keep = ("source", "target", "model", "models", "setting", "steps", "batch_size", "tau", "limit", "test_limit",
+          "seed", "scores", "finetune_steps", "max_length")
+  out = {k: getattr(args, k) for k in keep if hasattr(args, k)}
+  out.update(extra)
+  return out
+
+
+def write_outputs(args, command: str, rows: list, *, csv_rows: Optional[list] = None,
+                  plot: Optional[Callable[[Path], list]] = None, **extra) -> None:
+  """``--out`` (versioned JSON), ``--csv`` (+ ``_ranking.csv`` with a ranking) and ``--plot`` (``plot(dir)``)."""
+  doc = rp.payload(command, rows, settings=_settings(args), **extra)
+  if getattr(args, "out", None):
+    rp.write_json(args.out, doc)
+    print(f"wrote {args.out}")
+  if getattr(args, "csv", None):
+    rp.write_csv(args.csv, csv_rows if csv_rows is not None else rows)
+    print(f"wrote {args.csv}")
+    if "ranking" in extra and extra["ranking"]:
+      ranking_csv = str(Path(args.csv).with_suffix("")) + "_ranking.csv"
+      rp.write_csv(ranking_csv, _ranking_rows(extra["ranking"]))
+      print(f"wrote {ranking_csv}")
+  if getattr(args, "plot", None) and plot is not None:
+    Path(args.plot).mkdir(parents=True, exist_ok=True)
+    for path in plot(Path(args.plot)):
+      print(f"wrote {path}")
+
+
+def _ranking_rows(ranking: dict) -> list[dict]:
+  """``{target: {score: metrics}}`` or ``{score: metrics}`` -> one CSV row per (target, score)."""
+  if all(isinstance(v, dict) and "kendall_tau" in v for v in ranking.values()):
+    return [dict(score=s, **m) for s, m in ranking.items()]
+  rows = []
+  for tgt, rep in ranking.items():
+    rows += [dict(target=tgt, score=s, **m) for s, m in rep.items()]
+  return rows
+
+
+def ground_truth_for(args, task: TaskData, salt: int = 0) -> Optional[dict]:
+  """The fine-tuned ground truth of ``task`` (:func:`ttjax.app.steps.ground_truth`); ``None`` with
+  ``--no-ground-truth``."""
+  if args.no_ground_truth:
+    return None
+  return steps.ground_truth(run_key(args.seed, 1, salt), task, steps=args.finetune_steps)
+
+
+def bound_entry(args, source: TaskData, target: TaskData, config: BoundConfig, name: str, salt: int = 0) -> dict:
+  """The result row of the bound ``source -> target``: names, seed, config and every :class:`BoundResult` field."""
+  row = steps.bound_row(run_key(args.seed) if salt == 0 else run_key(args.seed, 2, salt), source, target, config)
+  return dict(name=name, source=source.name, target=target.name, model=target.model, seed=args.seed,
+              config=_config_dict(config), **row)
+
+
+def bound_with_truth(args, source: TaskData, target: TaskData, config: BoundConfig, name: str) -> dict:
+  """:func:`bound_entry`, printed as a :class:`BoundResult`, with its ``ground_truth`` (unless skipped)."""
+  row = bound_entry(args, source, target, config, name)
+  print(BoundResult(**{k: v for k, v in row.items() if k in BoundResult.__dataclass_fields__}))
+  gt = ground_truth_for(args, target)
+  if gt is not None:
+    row["ground_truth"] = gt
+  return row
+
+
+def pair_name(source: TaskData, target: TaskData, model: Optional[str]) -> str:
+  return f"{source.name} -> {target.name}" + (f" [{model}]" if model else "")
+
+
+def score_entry(args, target: TaskData, source: Optional[TaskData], names, salt: int = 0) -> dict:
+  """The result row of the scores ``names`` of ``target`` (``source`` for the source-based ones)."""
+  if source is not None and source.dim != target.dim:
+    raise TaskError(f"target feature dimension {target.dim} does not match the source's {source.dim}")
+  values, errors = steps.compute_scores(run_key(args.seed, 3, salt), target, names, source)
+  row = dict(name=target.name, target=target.name, model=target.model,
+             source=None if source is None else source.name, seed=args.seed, n=int(target.features.shape[0]),
+             dim=target.dim, num_classes=target.num_classes, scores=values)
+  if errors:
+    row["score_errors"] = errors
+  return row
+
+
+def rank_rows(rows: list[dict], names) -> dict:
+  """:func:`ttjax.evaluate.rank_report` of each score of ``names`` (and ``-bound``) over the model rows."""
+  truth = {r["model"]: r["ground_truth"]["accuracy"] for r in rows}
+  by_score = {}
+  for n in names:
+    if all(n in r["scores"] for r in rows):
+      by_score[n] = {r["model"]: r["scores"][n] for r in rows}
+  if all("bound" in r for r in rows):
+    by_score["bound"] = {r["model"]: -r["bound"] for r in rows}  # lower bound = better
+  return rank_report(by_score, truth) if by_score else {}
+
+
+def print_ranking(rows: list[dict], names, title: str, ranking: dict, ranking_title: str) -> None:
+  """The scores table of the model rows under ``title``; the ranking table under ``ranking_title`` (if any)."""
+  print(title)
+  print(rp.scores_table(rows, names, label_key="model"))
+  if ranking:
+    print(ranking_title)
+    print(rp.ranking_table(ranking))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Commands.
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def cmd_bound(args) -> int:
+  config = bound_config(args, 500)
+  source = resolve(args, args.source, args.model, with_test=False)
+  target = resolve(args, args.target, args.model, with_test=not args.no_ground_truth)
+  row = bound_with_truth(args, source, target, config, pair_name(source, target, args.model))
+  gt = row.get("ground_truth")
+  print()
+  print(rp.bound_table([row]))
+  if gt is not None:
+    print(f"(FT = actual transfer: linear head fine-tuned on {target.name} train [{gt['n_train']}], "
+          f"evaluated on {gt['held_out']} [{gt['n_test']}]; lr={gt['lr']:g}, wd={gt['wd']:g})")
+  write_outputs(args, "bound", [row], plot=lambda d: [rp.plot_bound_terms([row], str(d / "bound_terms.png"))])
+  return 0
+
+
+def cmd_score(args) -> int:
+  names, skipped = steps.score_names(args.scores, args.source is not None)
+  target = resolve(args, args.target, args.model, with_test=not args.no_ground_truth)
+  source = resolve(args, args.source, args.model, with_test=False) if args.source else None
+  t0 = time.perf_counter()
+  row = score_entry(args, target, source, names)
+  row["seconds"] = time.perf_counter() - t0
+  gt = ground_truth_for(args, target)
+  if gt is not None:
+    row["ground_truth"] = gt
+  if skipped:
+    row["skipped"] = skipped
+  print(f"scores of {target.name} [{target.model}] (n={row['n']}, d={row['dim']}, K={row['num_classes']}; "
+        "higher = more transferable)")
+  width = max(len(n) for n in names) if names else 8
+  for n in names:
+    v = row["scores"].get(n)
+    print(f"  {n:<{width}s}  {rp.format_value(v, '.6g') if v is not None else 'failed: ' + row['score_errors'][n]}")
+  for n, why in skipped.items():
+    print(f"  {n:<{width}s}  skipped ({why})")
+  if gt is not None:
+    print(f"actual transfer (fine-tuned linear head): test accuracy {gt['accuracy']:.4f}, test loss "
+          f"{gt['loss']:.4f} [{gt['n_train']} train / {gt['n_test']} test]")
+  write_outputs(args, "score", [row])
+  return 0
+
+
+def _rank_entries(args) -> list[tuple[str, str, Optional[str]]]:
+  """``(label, target spec, source spec)`` per model entry of ``--models``."""
+  models = parse_list(args.models)
+  if len(models) < 2:
+    fail(f"--models needs at least 2 models to rank, got {len(models)}")
+  if len(set(models)) != len(models):
+    fail("--models lists a model twice")
+  out = []
+  for m in models:
+    if m.endswith(".npz"):
+      label = Path(m).stem
+      if args.source and not is_feature_file(args.source):
+        fail(f"model {m!r} is a feature file, so --source must be an .npz too (or a '{{model}}' template)")
+      out.append((label, m, args.source))
+    else:
+      if not args.target:
+        fail("--target is required unless every model is an .npz of target features")
+      out.append((m, args.target, args.source))
+  return out
+
+
+def _rank_models(args, entries, names, config) -> tuple[list[dict], dict]:
+  """Per model: target (and source) features, scores, bound, ground truth; then the ranking report."""
+  rows = []
+  bar = tqdm(entries, desc="rank", unit="model", disable=args.quiet)
+  for i, (label, tspec, sspec) in enumerate(bar):
+    bar.set_postfix_str(label)
+    model = label
+    target = resolve(args, tspec, model, with_test=True)
+    source = resolve(args, sspec, model, with_test=False) if sspec else None
+    row = score_entry(args, target, source, names, salt=i)
+    row.update(name=label, model=label)
+    if source is not None and not args.no_bound:
+      b = bound_entry(args, source, target, config, pair_name(source, target, label))
+      row["bound"] = b["bound"]
+      row["bound_terms"] = {k: b[k] for k in ("source_loss", "entropy", "wasserstein", "tau_hat",
+                                              "target_accuracy", "target_loss", "seconds")}
+    gt = ground_truth_for(args, target, salt=i)
+    if gt is None:
+      fail("rank needs the ground truth (drop --no-ground-truth)")
+    row["ground_truth"] = gt
+    rows.append(row)
+  return rows, rank_rows(rows, names)
+
+
+def cmd_rank(args) -> int:
+  names, skipped = steps.score_names(args.scores, args.source is not None)
+  entries = _rank_entries(args)
+  config = bound_config(args, 300)
+  rows, ranking = _rank_models(args, entries, names, config)
+  title = f"target {args.target or 'features'}" + (f", source {args.source}" if args.source else "")
+  print_ranking(rows, [n for n in names if any(n in r["scores"] for r in rows)], title, ranking,
+                "\nranking against the ground truth (FT acc; the bound ranks lower = better)")
+  if skipped:
+    print("skipped: " + ", ".join(f"{n} ({w})" for n, w in skipped.items()))
+
+  def plots(d: Path):
+    out = []
+    if ranking:
+      out.append(rp.plot_score_scatter(rows, ranking, str(d / "scores_vs_accuracy.png"), title=title))
+    return out
+
+  write_outputs(args, "rank", rows, plot=plots, ranking=ranking)
+  return 0
+
+
+def cmd_features(args) -> int:
+  model = check_model(args.model)
+  dataset, _, sub = args.dataset.partition(":")
+  if builtin_dataset(dataset) is None and args.data_dir is None:
+    resolve_task(args.dataset, model)  # raises the standard "unknown task" message
+  t0 = time.perf_counter()
+  splits = ["train", "test"] if args.split == "all" else [args.split]
+  for split in splits:
+    z, y, names, meta = dataset_split(dataset, split, model, sub, args.limit, args.seed, args.data_dir,
+                                      not args.quiet, {"max_length": args.max_length})
+    print(f"{model} / {args.dataset} / {split}: features {z.shape[0]} x {z.shape[1]}, {len(names)} classes "
+          f"({meta.get('cache')}; {time.perf_counter() - t0:.1f}s)")
+    if args.out:
+      out = args.out if len(splits) == 1 else str(Path(args.out).with_suffix("")) + f"_{split}.npz"
+      np.savez(out, features=z, labels=y, class_names=np.asarray(names, dtype=str))
+      print(f"wrote {out}")
+  return 0

@@ -17,8 +17,8 @@ from tqdm.auto import tqdm
 
 from ttjax.app import report as rp
 from ttjax.app import steps
-from ttjax.app.resolve import (TaskData, TaskError, builtin_dataset, check_model, dataset_split, is_feature_file,
-                               parse_list, resolve_task)
+from ttjax.app.resolve import (TaskData, TaskError, builtin_dataset, check_model, check_same_encoder, dataset_split,
+                               is_feature_file, parse_list, resolve_task)
 from ttjax.bound import BoundConfig, BoundResult
 from ttjax.evaluate import rank_report
 
@@ -142,9 +142,8 @@ def pair_name(source: TaskData, target: TaskData, model: Optional[str]) -> str:
 
 
 def score_entry(args, target: TaskData, source: Optional[TaskData], names, salt: int = 0) -> dict:
-  """The result row of the scores ``names`` of ``target`` (``source`` for the source-based ones)."""
-  if source is not None and source.dim != target.dim:
-    raise TaskError(f"target feature dimension {target.dim} does not match the source's {source.dim}")
+  """The result row of the scores ``names`` of ``target`` (``source``, of the same encoder, for the source-based
+  ones)."""
   values, errors = steps.compute_scores(run_key(args.seed, 3, salt), target, names, source)
   row = dict(name=target.name, target=target.name, model=target.model,
              source=None if source is None else source.name, seed=args.seed, n=int(target.features.shape[0]),
@@ -184,6 +183,7 @@ def cmd_bound(args) -> int:
   config = bound_config(args, 500)
   source = resolve(args, args.source, args.model, with_test=False)
   target = resolve(args, args.target, args.model, with_test=not args.no_ground_truth)
+  check_same_encoder(source, target)
   row = bound_with_truth(args, source, target, config, pair_name(source, target, args.model))
   gt = row.get("ground_truth")
   print()
@@ -199,6 +199,8 @@ def cmd_score(args) -> int:
   names, skipped = steps.score_names(args.scores, args.source is not None)
   target = resolve(args, args.target, args.model, with_test=not args.no_ground_truth)
   source = resolve(args, args.source, args.model, with_test=False) if args.source else None
+  if source is not None:
+    check_same_encoder(source, target)
   t0 = time.perf_counter()
   row = score_entry(args, target, source, names)
   row["seconds"] = time.perf_counter() - t0
@@ -252,6 +254,8 @@ def _rank_models(args, entries, names, config) -> tuple[list[dict], dict]:
     model = label
     target = resolve(args, tspec, model, with_test=True)
     source = resolve(args, sspec, model, with_test=False) if sspec else None
+    if source is not None:
+      check_same_encoder(source, target)
     row = score_entry(args, target, source, names, salt=i)
     row.update(name=label, model=label)
     if source is not None and not args.no_bound:

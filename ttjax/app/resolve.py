@@ -34,7 +34,7 @@ from ttjax import data
 from ttjax.data.loader import ALIASES
 from ttjax.features import cache, zoo_names
 
-__all__ = ["TaskData", "TaskError", "resolve_task", "check_model", "dataset_split",
+__all__ = ["TaskData", "TaskError", "resolve_task", "check_model", "check_same_encoder", "dataset_split",
            "is_feature_file", "parse_list", "builtin_dataset", "class_groups", "stratified_limit"]
 
 
@@ -44,11 +44,14 @@ class TaskError(ValueError):
 
 @dataclasses.dataclass
 class TaskData:
-  """Features and labels of one task as embedded by one model (numpy; host side).
+  """The command's resolved TASK: a train split and an optional test split, with names (numpy; host side).
 
-  ``features`` / ``labels``: the task's sample (the train split of a dataset), used by the bound and the scores.
-  ``test_features`` / ``test_labels``: a held-out split for the fine-tuning ground truth (``None``: split
-  ``features`` when needed). ``meta``: where it came from (dataset, split sizes, cache file, ...).
+  Not the core's :class:`ttjax.tasks.Task`: that is a validated, standardised jax pytree of one sample, built by
+  the bound and the scores from the arrays held here. A TaskData is what a TASK argument resolved to under one
+  MODEL, before any validation or standardisation: ``name`` (the TASK), ``model``, ``class_names``, ``meta``
+  (dataset, split sizes, cache file ...), ``features`` / ``labels`` (the train split: for the bound and the
+  scores) and ``test_features`` / ``test_labels`` (a held-out split for the fine-tuning ground truth; ``None``:
+  ``features`` is split when needed).
   """
 
   name: str
@@ -103,6 +106,16 @@ def check_model(model: Optional[str]) -> str:
     return model
   raise TaskError(f"unknown model {model!r}: not a zoo encoder ({', '.join(zoo_names())}) nor a local "
                   "checkpoint folder")
+
+
+def check_same_encoder(source: TaskData, target: TaskData) -> None:
+  """Raise :class:`TaskError` unless ``source`` and ``target`` have one feature dimension (one encoder).
+
+  The command checks each source/target pair once, right after resolving it, before any step uses the pair.
+  """
+  if source.dim != target.dim:
+    raise TaskError(f"target feature dimension {target.dim} does not match the source's {source.dim} (features "
+                    f"of {target.name!r} and {source.name!r} must come from the same encoder)")
 
 
 def _load_npz(path: Path) -> dict:

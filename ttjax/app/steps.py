@@ -15,19 +15,16 @@ import time
 from typing import Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ttjax.app.resolve import TaskData, TaskError
+from ttjax.tasks import standardize
 
 __all__ = ["ground_truth", "source_probs", "compute_scores", "bound_row", "score_names", "SOURCE_SCORES",
            "shuffled"]
 
 SOURCE_SCORES = ("leep", "nce", "otce")  # need a source task
-
-
-def _standardise(z: np.ndarray) -> np.ndarray:
-  z = np.asarray(z, np.float32)
-  return (z - z.mean(0)) / np.maximum(z.std(0), 1e-6)
 
 
 def shuffled(task: TaskData, seed: int) -> TaskData:
@@ -74,11 +71,10 @@ def source_probs(key: jax.Array, source: TaskData, target_features: np.ndarray, 
   features are standardised with their own statistics, the same convention as the bound's tasks.
   """
   from ttjax.head import fit_head, logits  # pylint: disable=import-outside-toplevel
-  zs = _standardise(source.features)
-  head = fit_head(key, jax.numpy.asarray(zs), jax.numpy.asarray(source.labels, np.int32), source.num_classes,
-                  penalty=0.0, steps=steps)
-  return np.asarray(jax.nn.softmax(logits(head, jax.numpy.asarray(_standardise(target_features))), axis=-1),
-                    np.float64)
+  zs = standardize(jnp.asarray(source.features, jnp.float32))
+  head = fit_head(key, zs, jnp.asarray(source.labels, np.int32), source.num_classes, penalty=0.0, steps=steps)
+  zt = standardize(jnp.asarray(target_features, jnp.float32))
+  return np.asarray(jax.nn.softmax(logits(head, zt), axis=-1), np.float64)
 
 
 def score_names(requested: str, have_source: bool) -> tuple[list[str], dict]:
@@ -111,13 +107,13 @@ def compute_scores(key: jax.Array, target: TaskData, names: Sequence[str], sourc
   estimator) is reported in the second dict, not raised.
   """
   from ttjax.scores import get_score, score  # pylint: disable=import-outside-toplevel
-  z, y = _standardise(target.features), np.asarray(target.labels)
+  z, y = standardize(jnp.asarray(target.features, jnp.float32)), np.asarray(target.labels)
   values, errors = {}, {}
   extra = {}
   if source is not None:
     if any("source_probs" in get_score(n).requires for n in names) and probs is None:
       probs = source_probs(key, source, target.features)
-    extra = dict(source_probs=probs, source_features=_standardise(source.features),
+    extra = dict(source_probs=probs, source_features=standardize(jnp.asarray(source.features, jnp.float32)),
                  source_labels=np.asarray(source.labels))
   for name in names:
     spec = get_score(name)
@@ -134,11 +130,12 @@ def compute_scores(key: jax.Array, target: TaskData, names: Sequence[str], sourc
 
 
 def bound_row(key: jax.Array, source: TaskData, target: TaskData, config) -> dict:
-  """The TTA bound from ``source`` to ``target`` (train splits) as a dict (``BoundResult.to_dict()``)."""
+  """The TTA bound from ``source`` to ``target`` (train splits) as a dict (``BoundResult.to_dict()``).
+
+  The two feature dimensions must agree (:func:`ttjax.app.resolve.check_same_encoder`, checked when the pair is
+  resolved; the core checks again).
+  """
   from ttjax.bound import tta  # pylint: disable=import-outside-toplevel
-  if source.dim != target.dim:
-    raise TaskError(f"target feature dimension {target.dim} does not match the source's {source.dim} (features "
-                    f"of {target.name!r} and {source.name!r} must come from the same encoder)")
   try:
     analysis = tta(source.features, source.labels, target.features, target.labels, key=key, config=config)
   except (ValueError, FloatingPointError) as e:

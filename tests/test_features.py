@@ -247,10 +247,9 @@ def test_dataset_features_second_run_skips_encoder_and_data(tiny_vit, tmp_path, 
                                    cache_dir=tmp_path, batch_size=128)
   assert z.shape == (359, 32) and y.shape == (359,) and names == [str(i) for i in range(10)]
   import ttjax.data
-  import ttjax.features.zoo
   def boom(*a, **k):
     raise AssertionError("cache miss")
-  monkeypatch.setattr(ttjax.features.zoo, "load_encoder", boom)
+  monkeypatch.setattr(fcache, "load_encoder", boom)
   monkeypatch.setattr(ttjax.data, "load", boom)
   z2, y2, names2 = F.dataset_features(str(tiny_vit), "digits", "test", data_dir=tmp_path / "tfds",
                                       cache_dir=tmp_path, batch_size=128)

@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ttjax import __version__
+
 __all__ = ["SCHEMA_VERSION", "flatten", "format_value", "table", "write_json", "write_csv", "payload",
            "bound_table", "scores_table", "ranking_table", "plot_bound_terms", "plot_score_scatter", "BOUND_COLUMNS"]
 
@@ -137,7 +139,6 @@ def ranking_table(report: Mapping[str, Mapping]) -> str:
 
 def payload(command: str, results: Sequence[Mapping], *, settings: Optional[Mapping] = None, **extra) -> dict:
   """The versioned JSON document (see the module docstring)."""
-  from ttjax import __version__  # pylint: disable=import-outside-toplevel
   doc = {"schema_version": SCHEMA_VERSION, "tool": "ttjax", "version": __version__, "command": command,
          "settings": dict(settings or {}), "results": list(results)}
   doc.update(extra)
@@ -183,6 +184,7 @@ def write_csv(path: str, rows: Iterable[Mapping]) -> None:
 
 
 def _plt():
+  # matplotlib is optional (ttjax[report]) and slow to import: only when a figure is drawn
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg", force=True)
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel

@@ -19,6 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ttjax.app.resolve import TaskData, TaskError
+from ttjax.bound import tta
+from ttjax.data import train_test_split
+from ttjax.finetune import finetune_arrays
+from ttjax.head import fit_head, logits
+from ttjax.scores import get_score, list_scores, score
 from ttjax.tasks import standardize
 
 __all__ = ["ground_truth", "source_probs", "compute_scores", "bound_row", "score_names", "SOURCE_SCORES",
@@ -41,7 +46,6 @@ def ground_truth(key: jax.Array, task: TaskData, *, steps: int = 300, test_fract
   Returns ``accuracy`` and ``loss`` (test), ``train_accuracy``, the selected ``lr``/``wd``, ``best_step``, sizes
   and ``seconds``.
   """
-  from ttjax.finetune import finetune_arrays  # pylint: disable=import-outside-toplevel
   start = time.perf_counter()
   k_split, k_ft = jax.random.split(key)
   z, y = np.asarray(task.features), np.asarray(task.labels)
@@ -49,7 +53,6 @@ def ground_truth(key: jax.Array, task: TaskData, *, steps: int = 300, test_fract
     ztr, ytr, zte, yte = z, y, np.asarray(task.test_features), np.asarray(task.test_labels)
     held = "test split"
   else:
-    from ttjax.data import train_test_split  # pylint: disable=import-outside-toplevel
     tr, te = train_test_split(k_split, y, test_fraction)
     ztr, ytr, zte, yte = z[tr], y[tr], z[te], y[te]
     held = f"{test_fraction:.0%} of the task held out"
@@ -70,7 +73,6 @@ def source_probs(key: jax.Array, source: TaskData, target_features: np.ndarray, 
   The head is trained on the standardised source features (cross-entropy, Adam, no Lipschitz penalty); the target
   features are standardised with their own statistics, the same convention as the bound's tasks.
   """
-  from ttjax.head import fit_head, logits  # pylint: disable=import-outside-toplevel
   zs = standardize(jnp.asarray(source.features, jnp.float32))
   head = fit_head(key, zs, jnp.asarray(source.labels, np.int32), source.num_classes, penalty=0.0, steps=steps)
   zt = standardize(jnp.asarray(target_features, jnp.float32))
@@ -79,7 +81,6 @@ def source_probs(key: jax.Array, source: TaskData, target_features: np.ndarray, 
 
 def score_names(requested: str, have_source: bool) -> tuple[list[str], dict]:
   """Expand ``"all"`` or ``"name,name"`` into registered names; ``(names, {skipped name: reason})``."""
-  from ttjax.scores import get_score, list_scores  # pylint: disable=import-outside-toplevel
   if requested.strip().lower() == "all":
     names = list_scores()
   else:
@@ -106,7 +107,6 @@ def compute_scores(key: jax.Array, target: TaskData, names: Sequence[str], sourc
   here when not given), OTCE its features and labels. A score that fails (e.g. too few samples per class for its
   estimator) is reported in the second dict, not raised.
   """
-  from ttjax.scores import get_score, score  # pylint: disable=import-outside-toplevel
   z, y = standardize(jnp.asarray(target.features, jnp.float32)), np.asarray(target.labels)
   values, errors = {}, {}
   extra = {}
@@ -135,7 +135,6 @@ def bound_row(key: jax.Array, source: TaskData, target: TaskData, config) -> dic
   The two feature dimensions must agree (:func:`ttjax.app.resolve.check_same_encoder`, checked when the pair is
   resolved; the core checks again).
   """
-  from ttjax.bound import tta  # pylint: disable=import-outside-toplevel
   try:
     analysis = tta(source.features, source.labels, target.features, target.labels, key=key, config=config)
   except (ValueError, FloatingPointError) as e:

@@ -43,6 +43,7 @@ _DIGITS = tuple(str(i) for i in range(10))
 
 def _png(image: np.ndarray) -> bytes:
   """PNG bytes of a uint8 ``(H, W)`` / ``(H, W, 1)`` image, encoded with PIL (no TensorFlow)."""
+  # optional: ttjax[data]
   from PIL import Image  # pylint: disable=import-outside-toplevel
   buf = io.BytesIO()
   Image.fromarray(np.asarray(image, np.uint8).squeeze(-1) if image.ndim == 3 else image).save(buf, format="PNG")

@@ -14,6 +14,8 @@ from typing import Optional, Union
 
 import numpy as np
 
+from ttjax.assets import get_cache_dir
+
 __all__ = ["ALIASES", "dataset_names", "default_data_dir", "get_builder", "prepare", "load"]
 
 PathLike = Union[str, os.PathLike]
@@ -36,12 +38,12 @@ def dataset_names() -> list[str]:
 
 def default_data_dir() -> Path:
   """``<ttjax cache>/tensorflow_datasets`` (``$TTJAX_CACHE`` or ``~/.cache/ttjax``)."""
-  from ttjax.assets import get_cache_dir  # pylint: disable=import-outside-toplevel
   return get_cache_dir("tensorflow_datasets")
 
 
 def get_builder(name: str, data_dir: Optional[PathLike] = None, **kwargs):
   """The ttjax builder for ``name`` (alias or ``ttjax_*`` name), or ``None`` for other names."""
+  # the builders import tensorflow_datasets (optional: ttjax[data]); only when a dataset is loaded
   from ttjax.data.builders import BUILDERS  # pylint: disable=import-outside-toplevel
   full = ALIASES.get(name, name)
   if full not in BUILDERS:
@@ -51,6 +53,7 @@ def get_builder(name: str, data_dir: Optional[PathLike] = None, **kwargs):
 
 def prepare(name: str, data_dir: Optional[PathLike] = None, **kwargs):
   """Build (once) the ArrayRecord files of the ttjax dataset ``name``; returns the builder."""
+  # optional: ttjax[data]
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   builder = get_builder(name, data_dir, **kwargs)
   if builder is None:
@@ -79,6 +82,7 @@ def load(name: str, split: str, data_dir: Optional[PathLike] = None,
   on first use (fetching their sources); other names must already be prepared (``array_record``) in ``data_dir``.
   ``kwargs`` go to the ttjax builder (``cache_dir``; ``source_dir`` for Fashion-MNIST).
   """
+  # optional: ttjax[data]
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   if get_builder(name, data_dir, **kwargs) is not None:
     builder = prepare(name, data_dir, **kwargs)

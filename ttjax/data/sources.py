@@ -124,6 +124,7 @@ def read_fashion_mnist(directory: PathLike, split: str) -> tuple[np.ndarray, np.
 
 def read_digits() -> tuple[np.ndarray, np.ndarray]:
   """scikit-learn's 1,797 digits as ``(uint8 (n, 8, 8) scaled 0..16 -> 0..255, labels (n,))``."""
+  # optional: scikit-learn
   from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
   d = load_digits()
   return np.round(d.images * (255.0 / 16.0)).astype(np.uint8), d.target.astype(np.int64)

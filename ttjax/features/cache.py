@@ -1,9 +1,10 @@
 """On-disk feature cache: ``(encoder, dataset, split, preprocessing) -> (features, labels, class_names)``.
 
 Files are ``<cache>/features/<model>__<dataset>__<split>__<key>.npz`` where ``key`` hashes the encoder identity
-(its config, weight files and options, see :func:`model_key`), the dataset, split and preprocessing tag. Writes go
-to a temporary file in the same folder, then ``os.replace``: a reader sees the old file, the new one or nothing,
-never half a file. A file that cannot be read back whole (truncated, corrupt, other key) counts as a miss.
+(its config, weight files and options: :func:`ttjax.features.zoo.model_key`), the dataset, split and
+preprocessing tag. Writes go to a temporary file in the same folder, then ``os.replace``: a reader sees the old
+file, the new one or nothing, never half a file. A file that cannot be read back whole (truncated, corrupt, other
+key) counts as a miss.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from ttjax import data
+from ttjax.assets import get_cache_dir
+from ttjax.data.loader import ALIASES
 from ttjax.features.encoder import Encoder, extract, fingerprint
+from ttjax.features.zoo import load_encoder, model_key
 
 __all__ = ["model_key", "feature_path", "save_features", "load_features", "cached_extract", "dataset_features"]
 
@@ -29,41 +34,9 @@ def _safe(s: str) -> str:
   return re.sub(r"[^A-Za-z0-9._-]+", "-", str(s)).strip("-")[:60] or "x"
 
 
-def model_key(model: Union[str, PathLike, Encoder], **kwargs) -> tuple[str, str]:
-  """``(short name, fingerprint)`` of an encoder *without building it* (cheap: reads config files only).
-
-  Encoder -> its own fingerprint; zoo name -> name, install spec and options; checkpoint folder -> config.json,
-  weight file names and sizes, sentence-transformers settings and options. Options equal to their defaults and
-  ``batch_size`` (which does not change features) do not change the key.
-  """
-  if isinstance(model, Encoder):
-    return model.name, model.fingerprint
-  from ttjax.features.zoo import ZOO  # pylint: disable=import-outside-toplevel
-  def options(defaults):
-    opts = {**defaults, **{k: v for k, v in kwargs.items() if v is not None and k != "batch_size"}}
-    if "dtype" in opts:
-      opts["dtype"] = str(np.dtype(opts["dtype"])) if str(opts["dtype"]) != "bfloat16" else "bfloat16"
-    return dict(sorted(opts.items()))
-  if isinstance(model, str) and model in ZOO:
-    return model, fingerprint("zoo", model, ZOO[model].install, options(ZOO[model].defaults))
-  path = Path(model).expanduser()
-  if path.is_dir():
-    from ttjax.features.hf import checkpoint_info  # pylint: disable=import-outside-toplevel
-    info = checkpoint_info(path)
-    cfg = {k: v for k, v in info["config"].items() if k not in ("_name_or_path", "transformers_version")}
-    defaults = {"max_length": 128, "dtype": "float32"}
-    return path.name, fingerprint("dir", cfg, info["weights"], info["st_pooling"], info["st_normalize"],
-                                  options(defaults))
-  if path.is_file():
-    return path.stem, fingerprint("file", path.name, path.stat().st_size, options({"dtype": "float32"}))
-  raise ValueError(f"{model!r} is neither an Encoder, a zoo name nor a local checkpoint")
-
-
 def feature_path(model: Union[str, PathLike, Encoder], dataset: str, split: str, *, preprocessing: str = "",
                  cache_dir: Optional[PathLike] = None, **kwargs) -> Path:
   """Cache file for ``(model, dataset, split, preprocessing)``; ``kwargs`` are the encoder options."""
-  from ttjax.assets import get_cache_dir  # pylint: disable=import-outside-toplevel
-  from ttjax.data.loader import ALIASES  # pylint: disable=import-outside-toplevel
   dataset = ALIASES.get(dataset, dataset)  # "20ng" and "20newsgroups" share a file
   name, fp = model_key(model, **kwargs)
   key = fingerprint(fp, dataset, split, preprocessing)
@@ -132,7 +105,6 @@ def cached_extract(model: Union[str, PathLike, Encoder], inputs, *, dataset: str
   hit = None if recompute else load_features(path)
   if hit is not None and hit["features"].shape[0] == n:
     return hit["features"]
-  from ttjax.features.zoo import load_encoder  # pylint: disable=import-outside-toplevel
   enc = load_encoder(model, cache_dir=cache_dir, **kwargs) if not isinstance(model, Encoder) else model
   z = extract(enc, inputs, progress=progress, desc=f"{enc.name}/{dataset}/{split}")
   save_features(path, z, labels, class_names, meta={"encoder": enc.name, "fingerprint": enc.fingerprint,
@@ -153,7 +125,6 @@ def dataset_features(model: Union[str, PathLike, Encoder], dataset: str, split: 
   hit = None if recompute else load_features(path)
   if hit is not None and hit["labels"] is not None and hit["class_names"] is not None:
     return hit["features"], hit["labels"], hit["class_names"]
-  from ttjax import data  # pylint: disable=import-outside-toplevel
   inputs, labels, names = data.load(dataset, split, data_dir=data_dir)
   z = cached_extract(model, inputs, dataset=dataset, split=split, labels=labels, class_names=names,
                      cache_dir=cache_dir, recompute=True, progress=progress, **kwargs)

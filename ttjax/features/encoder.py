@@ -15,8 +15,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
-__all__ = ["Encoder", "extract", "fingerprint", "pad_rows", "resolve_dtype", "masked_mean"]
+__all__ = ["Encoder", "extract", "fingerprint", "feature_options", "pad_rows", "resolve_dtype", "masked_mean"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +57,9 @@ def fingerprint(*parts: Any) -> str:
   return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _key_meta(meta: Mapping[str, Any]) -> dict:
-  """The options that change the features (``batch_size`` does not)."""
+def feature_options(meta: Mapping[str, Any]) -> dict:
+  """The encoder options of ``meta`` that change the features (all but ``batch_size``): what a builder puts in
+  the encoder's :func:`fingerprint`, so that two encoders differing only in batch size share cached features."""
   return {k: v for k, v in meta.items() if k != "batch_size"}
 
 
@@ -112,7 +114,6 @@ def extract(encoder: Encoder, inputs, *, progress: Optional[bool] = None, desc: 
   show = steps > 8 if progress is None else progress
   bar = None
   if show:
-    from tqdm.auto import tqdm
     bar = tqdm(total=n, desc=desc or f"features[{encoder.name}]", unit="ex")
   outs = []
   try:

@@ -21,10 +21,11 @@ from typing import Any, Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.traverse_util import flatten_dict
 
-from ttjax.features.encoder import Encoder, _key_meta, fingerprint, masked_mean, pad_rows, resolve_dtype
+from ttjax.features.encoder import Encoder, feature_options, fingerprint, masked_mean, pad_rows, resolve_dtype
 
-__all__ = ["load_hf_encoder", "text_encoder", "image_encoder", "checkpoint_info", "VISION_MODEL_TYPES",
+__all__ = ["load_hf_encoder", "hub_offline", "text_encoder", "image_encoder", "checkpoint_info", "VISION_MODEL_TYPES",
            "IMAGENET_MEAN", "IMAGENET_STD"]
 
 VISION_MODEL_TYPES = ("vit", "clip", "clip_vision_model", "dinov2", "resnet", "beit", "regnet")
@@ -35,7 +36,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _WEIGHT_FILES = ("flax_model.msgpack", "model.safetensors", "pytorch_model.bin")
 
 
-def _offline():
+def hub_offline() -> None:
+  """Put the Hugging Face libraries in offline mode (``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE``; quiet unless
+  ``TRANSFORMERS_VERBOSITY`` says otherwise): ttjax reads local files only and never reaches the Hub. Call it
+  before the first ``import transformers``."""
   os.environ["HF_HUB_OFFLINE"] = "1"
   os.environ["TRANSFORMERS_OFFLINE"] = "1"
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -78,6 +82,7 @@ def _safetensors_format(path: Path) -> Optional[str]:
   f = path / "model.safetensors"
   if not f.exists() or (path / "flax_model.msgpack").exists():
     return None
+  # optional: ttjax[hf]
   from safetensors import safe_open  # pylint: disable=import-outside-toplevel
   with safe_open(str(f), framework="numpy") as st:
     return (st.metadata() or {}).get("format")
@@ -85,6 +90,7 @@ def _safetensors_format(path: Path) -> Optional[str]:
 
 def _model_class(config, modality: str):
   """The concrete Flax class for ``config`` (resolved here: the Auto classes would pass ``dtype`` to the config)."""
+  # optional: ttjax[hf]
   import transformers as tr  # pylint: disable=import-outside-toplevel
   special = {"vit": "FlaxViTModel", "clip": "FlaxCLIPVisionModel", "clip_vision_model": "FlaxCLIPVisionModel",
              "dinov2": "FlaxDinov2Model", "resnet": "FlaxResNetModel", "beit": "FlaxBeitModel",
@@ -101,12 +107,13 @@ def _model_class(config, modality: str):
 
 def _load_flax(path: Path, info: dict, modality: str, dtype, **kwargs):
   """``(model, params)`` of a local checkpoint, params cast to ``dtype``."""
-  _offline()
+  hub_offline()
+  # optional: ttjax[hf]
   import transformers  # pylint: disable=import-outside-toplevel
   names = {w for w, _ in info["weights"]}
   from_pt = "flax_model.msgpack" not in names and "model.safetensors" not in names
   if from_pt:
-    try:
+    try:  # torch (optional) only to read pytorch_model.bin
       import torch  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
     except ImportError as e:
       raise ImportError(f"{path} only has pytorch_model.bin, which needs torch to read; convert it to "
@@ -137,7 +144,6 @@ def _load_flax(path: Path, info: dict, modality: str, dtype, **kwargs):
     params = model.params
   else:
     model, params = model
-  from flax.traverse_util import flatten_dict  # pylint: disable=import-outside-toplevel
   missing = sorted("/".join(k) for k in model.required_params - set(flatten_dict(params)))
   missing += [r.getMessage() for r in records if "newly initialized" in r.getMessage()]
   if missing:
@@ -191,7 +197,7 @@ def text_encoder(model, params, tokenizer, *, name: str, pooling: str = "mean", 
           "batch_size": batch_size}
   return Encoder(name=name, modality="text", dim=dim, apply=jax.jit(apply),
                  params=jax.device_put(params, device or jax.devices()[0]), prepare=prepare,
-                 batch_size=batch_size, fingerprint=fingerprint("text", config_id, _key_meta(meta)), meta=meta)
+                 batch_size=batch_size, fingerprint=fingerprint("text", config_id, feature_options(meta)), meta=meta)
 
 
 def image_encoder(model, params, *, name: str, image_size: int, mean: Sequence[float], std: Sequence[float],
@@ -241,7 +247,7 @@ def image_encoder(model, params, *, name: str, image_size: int, mean: Sequence[f
           "std": list(map(float, std)), "dtype": dtype, "batch_size": batch_size}
   return Encoder(name=name, modality="image", dim=dim, apply=jax.jit(apply),
                  params=jax.device_put(params, device or jax.devices()[0]), prepare=prepare,
-                 batch_size=batch_size, fingerprint=fingerprint("image", config_id, _key_meta(meta)), meta=meta)
+                 batch_size=batch_size, fingerprint=fingerprint("image", config_id, feature_options(meta)), meta=meta)
 
 
 def _image_settings(info: dict, image_size: Optional[int]):
@@ -300,6 +306,7 @@ def load_hf_encoder(path: Union[str, os.PathLike], *, modality: Optional[str] = 
   config_id = {"config": {k: v for k, v in cfg.items() if k not in drop}, "weights": info["weights"],
                "class": type(model).__name__}
   if modality == "text":
+    # optional: ttjax[hf]
     from transformers import AutoTokenizer  # pylint: disable=import-outside-toplevel
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
     config_id["tokenizer"] = type(tokenizer).__name__

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Optional, Union
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from ttjax.features.encoder import Encoder
-from ttjax.features.hf import text_encoder
+from ttjax.features.encoder import Encoder, resolve_dtype
+from ttjax.features.hf import hub_offline, text_encoder
 
 __all__ = ["onnx_bert_params", "load_onnx_bert_encoder", "onnxruntime_features"]
 
@@ -54,6 +55,7 @@ def _insert(tree: dict, path: tuple, value):
 
 def onnx_bert_params(model_path: Union[str, os.PathLike]):
   """``(BertConfig, Flax params)`` from an ONNX BERT export; config inferred from the weights and the graph."""
+  # optional dependencies (ttjax[onnx], ttjax[hf]), imported when an ONNX model is read
   import onnx  # pylint: disable=import-outside-toplevel
   from onnx import numpy_helper  # pylint: disable=import-outside-toplevel
   from transformers import BertConfig  # pylint: disable=import-outside-toplevel
@@ -117,10 +119,8 @@ def load_onnx_bert_encoder(model_path: Union[str, os.PathLike], tokenizer_dir: U
 
   ``pooling="mean"`` with ``normalize=False`` reproduces the sentence-transformers output of the export.
   """
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from ttjax.features.encoder import resolve_dtype  # pylint: disable=import-outside-toplevel
-  from ttjax.features.hf import _offline  # pylint: disable=import-outside-toplevel
-  _offline()
+  hub_offline()
+  # optional: ttjax[hf]
   from transformers import AutoTokenizer, FlaxBertModel  # pylint: disable=import-outside-toplevel
   dt = resolve_dtype(dtype)
   config, params = onnx_bert_params(model_path)
@@ -142,6 +142,7 @@ def onnxruntime_features(model_path: Union[str, os.PathLike], input_ids: np.ndar
                          output: Optional[str] = None) -> np.ndarray:
   """Reference: run the ONNX graph in onnxruntime; returns the last output of rank 2 (the pooled embedding)
   unless ``output`` names another one."""
+  # optional: ttjax[onnx]
   import onnxruntime as ort  # pylint: disable=import-outside-toplevel
   sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
   feeds = {"input_ids": np.asarray(input_ids, np.int64), "attention_mask": np.asarray(attention_mask, np.int64)}

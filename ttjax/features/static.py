@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttjax.features.encoder import Encoder, _key_meta, fingerprint, masked_mean, pad_rows, resolve_dtype
+from ttjax.features.encoder import Encoder, feature_options, fingerprint, masked_mean, pad_rows, resolve_dtype
 
 __all__ = ["load_static_encoder"]
 
@@ -32,6 +32,7 @@ def load_static_encoder(weights: Union[str, os.PathLike], tokenizer_json: Union[
     tokenizer_json: a ``tokenizers`` library json file (``Tokenizer.from_file``).
     max_length: tokens kept per text (static shape).
   """
+  # optional dependencies (ttjax[hf]), imported when a static encoder is built
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
   from tokenizers import Tokenizer  # pylint: disable=import-outside-toplevel
   tables = load_file(str(weights))
@@ -69,4 +70,4 @@ def load_static_encoder(weights: Union[str, os.PathLike], tokenizer_json: Union[
          "tokenizer": [Path(tokenizer_json).name, Path(tokenizer_json).stat().st_size]}
   return Encoder(name=name or path.stem, modality="text", dim=int(dim), apply=jax.jit(apply),
                  params=jax.device_put(jnp.asarray(table, dt), device or jax.devices()[0]), prepare=prepare,
-                 batch_size=batch_size, fingerprint=fingerprint("static", cid, _key_meta(meta)), meta=meta)
+                 batch_size=batch_size, fingerprint=fingerprint("static", cid, feature_options(meta)), meta=meta)

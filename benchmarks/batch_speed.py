@@ -43,7 +43,7 @@ def make_pairs(num, n, d, k, seed=0):
 
 
 def measure(num, n, d, k, steps, loop_pairs):
-  cfg = bd.BoundConfig(steps=steps, batch_size=n, head_steps=steps)
+  cfg = bd.BoundConfig(steps=steps, batch_size=n, head_steps=steps, space="feature", holdout=0.0)
   pairs = make_pairs(num, n, d, k)
   sources, targets = [p[0] for p in pairs], [p[1] for p in pairs]
   keys = jax.random.split(jax.random.PRNGKey(0), num)

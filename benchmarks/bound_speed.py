@@ -61,9 +61,9 @@ def make_baseline(pair, head, config):
   once, so a warm-up call compiles them for the timed call.
   """
   steps = config.steps
-  opt = bd._optimizer(config)
-  m_s = bd._per_class(config, pair.num_source)
-  m_t = bd._per_class(config, pair.num_target)
+  opt = bd.optimizer(config, tf.Transforms(*[None] * len(tf.PARAM_NAMES)))
+  m_s = bd.per_class(config, pair.num_source)
+  m_t = bd.per_class(config, pair.num_target)
   lam = config.label_cost
 
   def surrogate(params, batch, plan, u):
@@ -138,7 +138,7 @@ def main():
   zt, yt, _ = syn.related_target(jax.random.PRNGKey(2), zs, ys, k, shift=1.0, noise=0.5, rotate=False)
   source, target = make_task(zs, ys, name="source"), make_task(zt, yt, name="target")
   pair = make_pair(source, target)
-  config = bd.BoundConfig(steps=args.steps, batch_size=n).resolved(d)
+  config = bd.BoundConfig(steps=args.steps, batch_size=n, space="feature", holdout=0.0).resolved(d)
   head = hd.fit_head(jax.random.PRNGKey(3), source.features, source.labels, k, tau=config.tau)
   # ttjax's default start (what analyse / bound_batch / the CLI use): B from OT between class centroids. Both runs
   # start here; a near-uniform B start is compared separately below (--uniform-steps).

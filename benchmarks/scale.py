@@ -32,7 +32,7 @@ zs, ys = syn.clustered(jax.random.PRNGKey(0), n, d, k, separation=8.0)
 zt, yt, _ = syn.related_target(jax.random.PRNGKey(1), zs, ys, k, shift=1.0, rotate=False, noise=0.5)
 source, target = make_task(zs, ys), make_task(zt, yt)
 del zs, zt
-cfg = bd.BoundConfig(steps=steps, batch_size=1000, head_steps=300).resolved(d)
+cfg = bd.BoundConfig(steps=steps, batch_size=1000, head_steps=300, space="feature", holdout=0.0).resolved(d)
 t0 = time.perf_counter()
 pair = make_pair(source, target)
 head = hd.fit_head(jax.random.PRNGKey(2), source.features, source.labels, k, steps=cfg.head_steps)

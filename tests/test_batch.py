@@ -14,7 +14,7 @@ from ttjax.sampling import make_pair, sample_batch
 from ttjax.tasks import make_task
 
 D = 6
-CFG = bd.BoundConfig(steps=40, batch_size=48, head_steps=40, eval_iters=400)
+CFG = bd.BoundConfig(steps=40, batch_size=48, head_steps=40, eval_iters=400, space="feature", holdout=0.0)
 
 
 def _task(seed, n, k, separation=5.0):
@@ -120,7 +120,7 @@ _SHARDED = textwrap.dedent("""
       p = np.linspace(1.0, 2.0, k)
       z, y = syn.clustered(jax.random.PRNGKey(seed), n, 6, k, separation=5.0, prior=p / p.sum())
       return make_task(z, y)
-    cfg = bd.BoundConfig(steps=20, batch_size=32, head_steps=20, eval_iters=200)
+    cfg = bd.BoundConfig(steps=20, batch_size=32, head_steps=20, eval_iters=200, space="feature", holdout=0.0)
     src = [task(s, 80 + 10 * s, 3 + s % 2) for s in range(5)]
     tgt = [task(20 + s, 70, 3) for s in range(5)]
     key = jax.random.PRNGKey(0)

@@ -12,7 +12,7 @@ from ttjax.sampling import full_batch, make_pair
 from ttjax.tasks import make_task
 
 K, D, N = 4, 8, 400
-CFG = bd.BoundConfig(steps=1500, batch_size=None)
+CFG = bd.BoundConfig(steps=1500, batch_size=None, space="feature", holdout=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_settings_learn_only_their_parameters(tasks, runs):
 
 
 def test_minibatch_run_is_deterministic_in_the_key(tasks, runs):
-  cfg = bd.BoundConfig(steps=30, batch_size=64)
+  cfg = bd.BoundConfig(steps=30, batch_size=64, space="feature", holdout=0.0)
   run = lambda seed: bd.analyse(jax.random.PRNGKey(seed), tasks["source"], tasks["related"], cfg,
                                 head=runs["related"].head).result
   a, b, c = run(11), run(11), run(12)
@@ -128,7 +128,7 @@ def test_more_target_classes_than_source_classes():
   zs, ys = syn.clustered(jax.random.PRNGKey(0), 120, 4, 2, separation=5.0)
   zt, yt = syn.clustered(jax.random.PRNGKey(1), 150, 4, 5, separation=5.0)
   for setting in ("fixed_all", "learned_all"):
-    res = ttjax.tta(zs, ys, zt, yt, config=bd.BoundConfig(setting=setting, steps=100, batch_size=None)).result
+    res = ttjax.tta(zs, ys, zt, yt, config=bd.BoundConfig(setting=setting, steps=100, batch_size=None, space="feature", holdout=0.0)).result
     assert np.isfinite(res.bound) and res.bound < 1e3  # no 1e10 sentinel when B is not onto
     assert res.bound >= res.target_loss
     if setting == "fixed_all":  # a hard map from 2 classes reaches only 2 of 5 targets: mass must cross labels
@@ -175,7 +175,7 @@ def test_bad_input_is_a_clear_value_error(mutate, message):
   zs, ys = syn.clustered(jax.random.PRNGKey(0), 40, 4, 3)
   zt, yt = syn.clustered(jax.random.PRNGKey(1), 40, 4, 3)
   with pytest.raises(ValueError, match=message):
-    ttjax.tta(*mutate(zs, ys, zt, yt), config=bd.BoundConfig(steps=2))
+    ttjax.tta(*mutate(zs, ys, zt, yt), config=bd.BoundConfig(steps=2, space="feature", holdout=0.0))
 
 
 def test_centroid_label_map_recovers_the_permutation_and_matches_priors(tasks):

@@ -58,7 +58,7 @@ def test_evaluate_large_matches_evaluate_and_bounds_it_blockwise():
   zs, ys = syn.clustered(jax.random.PRNGKey(0), 600, 8, 4, separation=5.0)
   zt, yt, _ = syn.related_target(jax.random.PRNGKey(1), zs, ys, 4, shift=1.0, rotate=False)
   source, target = make_task(zs, ys), make_task(zt[:500], yt[:500])
-  cfg = bd.BoundConfig(steps=30, batch_size=200, head_steps=30, eval_iters=1000)
+  cfg = bd.BoundConfig(steps=30, batch_size=200, head_steps=30, eval_iters=1000, space="feature", holdout=0.0)
   run = lg.analyse_large(jax.random.PRNGKey(2), source, target, cfg, block_size=10_000)  # one block per class
   dense = bd.evaluate(run.params, run.pair, run.head, cfg)
   assert run.result.bound == pytest.approx(dense.bound, rel=1e-4)

@@ -6,7 +6,7 @@ import ot as pot
 import pytest
 
 from ttjax import ot, terms, transforms as tf
-from ttjax.bound import BoundConfig, _certified_w
+from ttjax.bound import BoundConfig, certified_w
 from ttjax.sampling import full_batch, make_pair
 from ttjax.tasks import make_task
 
@@ -116,8 +116,8 @@ def test_label_split_w_against_exact_joint_emd(matched):
   params = tf.Transforms(d_logits=jnp.log(jnp.asarray(d_prior, jnp.float32)), b_logits=jnp.log(b_map),
                          A=jnp.eye(d) * 1.1, b=jnp.full((d,), 0.2), A_bar=jnp.eye(d) / 1.1)
   label_cost = 6.0
-  cfg = BoundConfig(label_cost=label_cost, eval_epsilon=0.002, eval_iters=20000, eval_threshold=1e-7)
-  w0, _, mismatch = _certified_w(params, batch, cfg)
+  cfg = BoundConfig(label_cost=label_cost, eval_epsilon=0.002, eval_iters=20000, eval_threshold=1e-7, space="feature", holdout=0.0)
+  w0, _, mismatch = certified_w(params, batch, cfg)
   w = w0 + label_cost * mismatch
   x = np.asarray(tf.feature_map(params, jnp.asarray(zs)))
   exact = _joint_emd(x, ys, 1.0 / np.bincount(ys)[ys], np.asarray(params.D), np.asarray(params.B), zt, yt,
@@ -158,7 +158,7 @@ def test_wasserstein_term_gradient_matches_finite_differences_in_a():
                    make_task(zt, np.arange(20) % 2, standardise=False))
   batch = full_batch(pair)
   params = tf.init_transforms(jax.random.PRNGKey(0), 2, 2, 3, setting="learned_all")
-  cfg = BoundConfig(label_cost=5.0, epsilon=0.05, sinkhorn_iters=3000)
+  cfg = BoundConfig(label_cost=5.0, epsilon=0.05, sinkhorn_iters=3000, space="feature", holdout=0.0)
   grad = jax.grad(lambda p: terms.wasserstein(p, batch, None, cfg))(params).A
   direction = rng.normal(size=(3, 3)).astype(np.float32)
 

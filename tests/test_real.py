@@ -31,7 +31,7 @@ def test_bound_on_20ng_to_r8_is_valid_and_beats_shuffled_labels(real_tasks):
   source = make_task(src.features, src.labels, name="source")
   target = make_task(tgt.features, tgt.labels, name="target")
   shuffled = make_task(tgt.features, np.random.default_rng(0).permutation(tgt.labels), name="target")
-  config = bd.BoundConfig(setting="learned_all", steps=400, batch_size=1000)
+  config = bd.BoundConfig(setting="learned_all", steps=400, batch_size=1000, space="feature", holdout=0.0)
   real = bd.analyse(jax.random.PRNGKey(0), source, target, config)
   ctrl = bd.analyse(jax.random.PRNGKey(0), source, shuffled, config, head=real.head)
   r, c = real.result, ctrl.result

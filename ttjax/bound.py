@@ -29,16 +29,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ttjax import finetune as ft
 from ttjax import head as hd
+from ttjax import logit_bound as lb
 from ttjax import ot
 from ttjax import terms as tm
 from ttjax import transforms as tf
 from ttjax.sampling import Batch, TaskPair, full_batch, make_pair, sample_batch
-from ttjax.tasks import Task, make_task
+from ttjax.tasks import Task, make_task, standardize
 
 __all__ = [
     "Term", "BoundConfig", "BoundData", "BoundResult", "Analysis", "default_terms", "objective", "fit",
     "evaluate", "prepare", "initial_label_map", "analyse", "tta", "feature_gradients", "default_label_cost", "default_tau",
+    "tta_bound", "assemble_result", "certified_w", "evaluate_terms", "source_head", "holdout_split", "optimizer", "per_class",
 ]
 
 
@@ -57,8 +60,11 @@ class Term:
     return float(getattr(config, self.weight)) if isinstance(self.weight, str) else float(self.weight)
 
 
-def default_terms() -> tuple[Term, ...]:
-  """The paper's objective, term by term."""
+def default_terms(space: str = "feature") -> tuple[Term, ...]:
+  """The objective, term by term: the certified logit-space bound's (:mod:`ttjax.logit_bound`) or the paper's
+  feature-space one."""
+  if space == "logit":
+    return tuple(Term(name, fn, weight) for name, fn, weight in lb.TERMS)
   return (
       Term("source_loss", tm.weighted_source_loss),
       Term("entropy", tm.conditional_entropy),
@@ -73,10 +79,18 @@ class BoundConfig:
   """Everything that shapes the optimisation (hashable: it is a static argument of the jitted loop).
 
   Attributes:
+    space: ``"logit"`` (default): the certified bound in the source head's logit space
+      (:mod:`ttjax.logit_bound`; Lipschitz constant 1, proven); ``"feature"``: the paper's bound in feature
+      space with a *measured* ``tau_hat`` (what the reference implementation computes; not a certificate).
+    holdout: fraction of each task held out (stratified, with the analysis key) on which the bound, the loss of
+      ``h_T`` and every term are evaluated; the transforms and the head are learned on the rest. ``0``: learn and
+      evaluate on the same points (reported as ``split="in-sample"``). Explicit test tasks override it.
     setting: ``"fixed_all"``, ``"learned_a"`` or ``"learned_all"``; ``freeze``: extra parameter names to freeze.
     steps: optimisation steps; ``batch_size``: points per step on each side (split evenly over classes), or
       ``None`` for full-batch steps on all the data (deterministic; exact ``W`` gradients).
-    lr_prior, lr_label_map, lr_features: Adam learning rates of ``D``, ``B`` and ``(A, b, A_bar)``.
+    lr_prior, lr_label_map, lr_features: Adam learning rates of ``D`` (logit space: the temperature), ``B``
+      (logit space: ``P(s | t)``) and ``(A, b, A_bar)`` (``None``: 2e-3 in feature space, 1e-2 in logit space).
+    lambda_map: logit space: weight of ``||A_bar - I||_F^2`` in the objective (not part of the bound).
     lambda_w: weight of ``W`` in the objective (``None``: ``tau``); ``lambda_pm``, ``lambda_ic``: penalties.
     label_cost: ``Lambda``, the label-mismatch part of the ground cost (``None``: :func:`default_label_cost` of the
       feature dimension, twice the typical distance between two standardised points); ``cost_fn``: the feature
@@ -92,13 +106,16 @@ class BoundConfig:
     terms: the objective's summands (``None``: :func:`default_terms`).
   """
 
+  space: str = "logit"
+  holdout: float = 0.5
   setting: str = "learned_all"
   freeze: tuple[str, ...] = ()
   steps: int = 500
   batch_size: Optional[int] = 1000
   lr_prior: float = 0.05
   lr_label_map: float = 0.1
-  lr_features: float = 2e-3
+  lr_features: Optional[float] = None
+  lambda_map: float = 0.01
   lambda_w: Optional[float] = None
   lambda_pm: float = 1.0
   lambda_ic: float = 1.0
@@ -119,7 +136,11 @@ class BoundConfig:
   terms: Optional[tuple[Term, ...]] = None
 
   def __post_init__(self):
-    tf.trainable_names(self.setting, self.freeze)  # validates both
+    if self.space not in ("logit", "feature"):
+      raise ValueError(f"BoundConfig.space must be 'logit' or 'feature', got {self.space!r}")
+    if not 0.0 <= float(self.holdout) < 1.0:
+      raise ValueError(f"BoundConfig.holdout must be in [0, 1), got {self.holdout}")
+    self.trainable  # validates setting and freeze
     if self.label_map_init not in ("centroid", "uniform"):
       raise ValueError(f"BoundConfig.label_map_init must be 'centroid' or 'uniform', got {self.label_map_init!r}")
     for name in ("steps", "batch_size", "sinkhorn_iters", "eval_iters", "head_steps"):
@@ -132,11 +153,20 @@ class BoundConfig:
   def resolved(self, dim: int) -> "BoundConfig":
     """This config with the data-dependent defaults filled in (``label_cost``, ``tau``)."""
     fill = {}
+    if self.lr_features is None:
+      fill["lr_features"] = 1e-2 if self.space == "logit" else 2e-3
     if self.label_cost is None:
       fill["label_cost"] = default_label_cost(dim)
     if self.tau is None:
       fill["tau"] = default_tau(dim)
     return self.replace(**fill) if fill else self
+
+  @property
+  def trainable(self) -> tuple[str, ...]:
+    """Names of the learned parameters (of :class:`ttjax.logit_bound.LogitTransforms` or
+    :class:`ttjax.transforms.Transforms`, by ``space``)."""
+    names = lb.trainable_names if self.space == "logit" else tf.trainable_names
+    return names(self.setting, self.freeze)
 
   @property
   def w_weight(self) -> float:
@@ -170,17 +200,19 @@ class BoundData:
 
 def objective(params: tf.Transforms, data: BoundData, config: BoundConfig) -> tuple[jax.Array, dict]:
   """``sum_k weight_k * term_k(params, batch, head, config)``; returns ``(value, {name: term value})``."""
-  terms = config.terms if config.terms is not None else default_terms()
+  terms = config.terms if config.terms is not None else default_terms(config.space)
   values = {t.name: t.fn(params, data.batch, data.head, config) for t in terms}
   return sum(t.scale(config) * values[t.name] for t in terms), values
 
 
-_GROUPS = {"d_logits": "prior", "b_logits": "label_map", "A": "features", "b": "features", "A_bar": "features"}
+_GROUPS = {"d_logits": "prior", "b_logits": "label_map", "A": "features", "b": "features", "A_bar": "features",
+           "p_logits": "label_map", "log_temperature": "prior"}
 
 
-def _optimizer(config: BoundConfig) -> optax.GradientTransformation:
-  learned = set(tf.trainable_names(config.setting, config.freeze))
-  labels = tf.Transforms(**{n: (_GROUPS[n] if n in learned else "frozen") for n in tf.PARAM_NAMES})
+def optimizer(config: BoundConfig, params) -> optax.GradientTransformation:
+  learned = set(config.trainable)
+  labels = type(params)(**{f.name: (_GROUPS[f.name] if f.name in learned else "frozen")
+                           for f in dataclasses.fields(params)})
   # Cosine decay to 1% of the initial rate: W_1 has a kink at the optimum (constant-norm gradients), so a
   # constant-rate Adam keeps oscillating at ~lr around it; the decay lets every group settle.
   adam = lambda lr: optax.adam(optax.cosine_decay_schedule(lr, config.steps, alpha=0.01))
@@ -189,12 +221,12 @@ def _optimizer(config: BoundConfig) -> optax.GradientTransformation:
        "features": adam(config.lr_features), "frozen": optax.set_to_zero()}, labels)
 
 
-def _per_class(config: BoundConfig, num_classes: int) -> int:
+def per_class(config: BoundConfig, num_classes: int) -> int:
   return max(1, math.ceil(config.batch_size / num_classes))
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def fit(key: jax.Array, params: tf.Transforms, data: Union[TaskPair, Batch], head: hd.LinearHead,
+def fit(key: jax.Array, params: Union[tf.Transforms, lb.LogitTransforms], data: Union[TaskPair, Batch], head: hd.LinearHead,
         config: BoundConfig) -> tuple[tf.Transforms, dict]:
   """Minimise :func:`objective` for ``config.steps`` Adam steps in one compiled ``lax.scan``.
 
@@ -203,15 +235,15 @@ def fit(key: jax.Array, params: tf.Transforms, data: Union[TaskPair, Batch], hea
   result), or a fixed :class:`Batch` used at every step (e.g. :func:`full_batch`). Returns the final transforms
   and the per-step history of every term.
   """
-  config = config.resolved(params.A.shape[0])
-  opt = _optimizer(config)
+  config = config.resolved(params.A_bar.shape[0])
+  opt = optimizer(config, params)
   grad_fn = jax.value_and_grad(objective, has_aux=True)
   if isinstance(data, Batch):
     draw = lambda key: data
   elif hasattr(data, "draw_batch"):  # a pytree with its own sampler, e.g. ttjax.batch.PaddedPair (padding-aware)
     draw = data.draw_batch
   else:
-    m_s, m_t = _per_class(config, data.num_source), _per_class(config, data.num_target)
+    m_s, m_t = per_class(config, data.num_source), per_class(config, data.num_target)
     draw = lambda key: sample_batch(key, data, m_s, m_t)
 
   def step(carry, key):
@@ -226,7 +258,8 @@ def fit(key: jax.Array, params: tf.Transforms, data: Union[TaskPair, Batch], hea
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _certified_w(params, batch, config):
+def certified_w(params, batch, config):
+  """Feature space: the certified label-split ``(w0, class W (K_t,), mismatch)``; ``W = w0 + Lambda mismatch``."""
   cost_fn = ot.resolve_cost(config.cost_fn)
   x, a_hat, mass, src_ref = tm.class_problems(params, batch, cost_fn)
   solve = lambda args: ot.certified_value(cost_fn(x, args[0]), args[1], args[2], epsilon=config.eval_epsilon,
@@ -238,7 +271,8 @@ def _certified_w(params, batch, config):
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _evaluate_terms(params, pair, head, batch, config):
+def evaluate_terms(params, pair, head, batch, config):
+  """Feature space: every term but ``W`` on the full data of ``pair`` (``tau_hat`` measured)."""
   src, tgt = pair.source, pair.target
   probs = hd.transformed_probs(head, params, tgt.features)
   nll = -jnp.log(jnp.maximum(jnp.take_along_axis(probs, tgt.labels[:, None], 1)[:, 0], 1e-12))
@@ -261,10 +295,17 @@ def _evaluate_terms(params, pair, head, batch, config):
 class BoundResult:
   """The bound and everything it is made of (floats; ``D``/``B`` as nested lists). JSON via :meth:`to_dict`.
 
-  ``bound = source_loss + entropy + tau_hat * wasserstein``. ``target_loss`` / ``target_accuracy``: the transformed
-  classifier ``h_T`` evaluated on the target data (the bound bounds ``target_loss``). ``wasserstein`` is certified
-  under the ground cost ``||x - x'|| + label_cost * 1[t != t']``; ``label_mismatch = sum_t (BD - p_T)_t^+`` is the
-  mass that must cross labels, and ``label_cost`` is raised to ``max_j loss_j / tau_hat`` when that is larger.
+  ``bound = source_loss + entropy + tau_hat * wasserstein`` (:func:`tta_bound`), every term on the split named by
+  ``split`` (``"held-out"``: the evaluation split, disjoint from the ``n_*_fit`` points the head and transforms
+  were learned on; ``"in-sample"``: the same points). ``target_loss`` / ``target_accuracy``: the transformed
+  classifier ``h_T`` on that target split (the bound bounds ``target_loss``).
+
+  ``space="logit"`` (default): ``tau_hat = 1`` is the *certified* Lipschitz constant of the loss for the range
+  seminorm of the head's logits (``lipschitz="certified"``), ``wasserstein`` the cost of a feasible coupling, no
+  label mismatch (``B D = p_T`` by construction): a certificate. ``space="feature"``: the paper's bound;
+  ``wasserstein`` is certified under ``||x - x'|| + label_cost * 1[t != t']`` but ``tau_hat`` is *measured* at the
+  sample points (``lipschitz="measured"``), so the number is an estimate, not a certificate;
+  ``label_mismatch = sum_t (BD - p_T)_t^+`` and ``label_cost`` is raised to ``max_j loss_j / tau_hat`` when needed.
   """
 
   bound: float
@@ -284,9 +325,22 @@ class BoundResult:
   steps: int
   num_source_classes: int
   num_target_classes: int
+  space: str = "feature"
+  lipschitz: str = "measured"
+  split: str = "in-sample"
+  n_source_fit: int = 0
+  n_target_fit: int = 0
+  n_source_eval: int = 0
+  n_target_eval: int = 0
+  temperature: float = 1.0
   seconds: float = float("nan")
   D: Any = None
   B: Any = None
+
+  @property
+  def certified(self) -> bool:
+    """Whether every constant of :attr:`bound` is proven (``space="logit"``) rather than measured."""
+    return self.lipschitz == "certified"
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -295,55 +349,84 @@ class BoundResult:
     return json.dumps(self.to_dict(), **kw)
 
   def __str__(self) -> str:
-    rows = [("bound", self.bound), ("  weighted source loss", self.source_loss), ("  H(label map)", self.entropy),
-            ("  tau_hat * W", self.tau_hat * self.wasserstein), ("    tau_hat", self.tau_hat),
-            ("    W (certified)", self.wasserstein), ("target loss of h_T", self.target_loss),
-            ("target accuracy of h_T", self.target_accuracy), ("source accuracy of h_S", self.source_accuracy)]
-    head = f"TTA bound [{self.setting}, {self.steps} steps, K_s={self.num_source_classes}, " \
-           f"K_t={self.num_target_classes}, {self.seconds:.1f}s]"
+    lip = "L (certified)" if self.certified else "tau_hat (measured)"
+    rows = [("bound" if self.certified else "bound estimate", self.bound),
+            ("  weighted source loss", self.source_loss), ("  H(label map)", self.entropy),
+            (f"  {'L' if self.certified else 'tau_hat'} * W", self.tau_hat * self.wasserstein),
+            (f"    {lip}", self.tau_hat), ("    W (feasible coupling)", self.wasserstein),
+            ("target loss of h_T", self.target_loss), ("target accuracy of h_T", self.target_accuracy),
+            ("source accuracy of h_S", self.source_accuracy)]
+    head = f"TTA bound [{self.space} space, {self.setting}, {self.steps} steps, K_s={self.num_source_classes}, " \
+           f"K_t={self.num_target_classes}, {self.split}: n_s={self.n_source_eval}, n_t={self.n_target_eval}, " \
+           f"{self.seconds:.1f}s]"
     return "\n".join([head] + [f"  {k:<26s} {v:10.4f}" for k, v in rows])
 
 
-def evaluate(params: tf.Transforms, pair: TaskPair, head: hd.LinearHead, config: BoundConfig, *,
-             seconds: float = float("nan")) -> BoundResult:
-  """Report the bound on the full data of ``pair``: certified ``W``, measured ``tau_hat``, every term."""
+def tta_bound(source_loss, entropy, lipschitz, wasserstein):
+  """The bound's inequality: ``R_T(h_T) <= sum_s D_s Lbar_s + H(B | D) + L * W(T', T)``."""
+  return source_loss + entropy + lipschitz * wasserstein
+
+
+def evaluate(params, pair: TaskPair, head: hd.LinearHead, config: BoundConfig, *, seconds: float = float("nan"),
+             split: str = "in-sample", fit_sizes: tuple[int, int] = (0, 0)) -> BoundResult:
+  """Report the bound on the full data of ``pair`` (the evaluation split named by ``split``): certified ``W``,
+  every term; the Lipschitz constant certified (logit space) or measured (feature space)."""
   config = config.resolved(pair.source.dim)
   batch = full_batch(pair)
-  w0, _, mismatch = _certified_w(params, batch, config)
-  t = jax.device_get(_evaluate_terms(params, pair, head, batch, config))
-  return _assemble_result(t, w0, mismatch, params, config, pair.num_source, pair.num_target, seconds)
+  if config.space == "logit":
+    t = jax.device_get(lb.certified_terms(params, pair, head, config))
+    t.pop("class_wasserstein")
+    t.pop("max_target_loss")
+    prior, label_map = t.pop("D"), t.pop("B")
+    t.update(tau_hat=1.0, prior_matching=0.0, invertibility=0.0)
+    w0, mismatch = t.pop("wasserstein"), 0.0
+  else:
+    w0, _, mismatch = certified_w(params, batch, config)
+    t = jax.device_get(evaluate_terms(params, pair, head, batch, config))
+    prior, label_map = params.D, params.B
+  sizes = dict(split=split, n_source_fit=fit_sizes[0], n_target_fit=fit_sizes[1], n_source_eval=pair.source.n,
+               n_target_eval=pair.target.n)
+  return assemble_result(t, w0, mismatch, params, config, pair.num_source, pair.num_target, seconds,
+                         prior=prior, label_map=label_map, **sizes)
 
 
-def _assemble_result(t: dict, w0, mismatch, params: tf.Transforms, config: BoundConfig, num_source: int,
-                     num_target: int, seconds: float = float("nan")) -> BoundResult:
-  """The host-side end of :func:`evaluate` (shared with :mod:`ttjax.batch` and :mod:`ttjax.large`): the terms
-  ``t`` of :func:`_evaluate_terms`, the certified label-split ``w0`` and the label ``mismatch`` -> BoundResult."""
+def assemble_result(t: dict, w0, mismatch, params, config: BoundConfig, num_source: int, num_target: int,
+                    seconds: float = float("nan"), *, prior=None, label_map=None, **sizes) -> BoundResult:
+  """The host-side end of every evaluation (single, batched, large): the terms ``t``, the certified label-split
+  ``w0`` and the label ``mismatch`` -> :class:`BoundResult` through :func:`tta_bound`."""
   t = dict(t)
-  # Mass that crosses labels is paired by the Lambda part of the cost, where the loss is not Lipschitz: there the
-  # argument needs tau_hat * Lambda >= the loss it covers, at most the largest target loss of h_T. Raise Lambda to
-  # that when needed, so the reported bound stays a bound (it only matters when B D != p_T).
-  label_cost = max(float(config.label_cost), float(t.pop("max_target_loss")) / max(float(t["tau_hat"]), 1e-12))
+  label_cost = 0.0
+  if config.space == "feature":
+    # Mass that crosses labels is paired by the Lambda part of the cost, where the loss is not Lipschitz: there the
+    # argument needs tau_hat * Lambda >= the loss it covers, at most the largest target loss of h_T. Raise Lambda
+    # to that when needed (it only matters when B D != p_T).
+    label_cost = max(float(config.label_cost), float(t.pop("max_target_loss")) / max(float(t["tau_hat"]), 1e-12))
   w = float(w0) + label_cost * float(mismatch)
-  bound = float(t["source_loss"]) + float(t["entropy"]) + float(t["tau_hat"]) * w
+  bound = tta_bound(float(t["source_loss"]), float(t["entropy"]), float(t["tau_hat"]), w)
   if not np.isfinite(bound):
     raise FloatingPointError(f"the bound is not finite (terms: {t}, W={w}); check the inputs and the config")
+  prior = params.D if prior is None else prior
+  label_map = params.B if label_map is None else label_map
+  temperature = float(params.temperature) if config.space == "logit" else 1.0
   return BoundResult(bound=bound, wasserstein=w, label_mismatch=float(mismatch), label_cost=label_cost,
-                     setting=config.setting,
-                     steps=config.steps if tf.trainable_names(config.setting, config.freeze) else 0,
+                     setting=config.setting, steps=config.steps if config.trainable else 0,
                      num_source_classes=num_source, num_target_classes=num_target, seconds=seconds,
-                     D=np.asarray(params.D).tolist(), B=np.asarray(params.B).tolist(),
-                     **{k: float(v) for k, v in t.items()})
+                     space=config.space, lipschitz="certified" if config.space == "logit" else "measured",
+                     temperature=temperature, D=np.asarray(prior).tolist(), B=np.asarray(label_map).tolist(),
+                     **sizes, **{k: float(v) for k, v in t.items()})
 
 
 @dataclasses.dataclass(frozen=True)
 class Analysis:
-  """Output of :func:`analyse`: the result, the learned transforms, the source head and the training history."""
+  """Output of :func:`analyse`: the result, the learned transforms, the source head, the evaluation pair
+  (``pair``: the split the result is on), the pair the transforms were fitted on, and the training history."""
 
   result: BoundResult
-  params: tf.Transforms
+  params: Any
   head: hd.LinearHead
   pair: TaskPair
   history: dict
+  fit_pair: Optional[TaskPair] = None
 
 
 def initial_label_map(config: BoundConfig, source: Task, target: Task, label_map=None):
@@ -355,6 +438,18 @@ def initial_label_map(config: BoundConfig, source: Task, target: Task, label_map
   return label_map
 
 
+def source_head(key: jax.Array, source: Task, config: BoundConfig) -> hd.LinearHead:
+  """The source head ``h_S``. Logit space: a linear head fine-tuned on ``source`` with ttjax's validated
+  lr x wd sweep and early stopping (:func:`ttjax.finetune.finetune`; any head gives a valid bound, a
+  well-generalising one a tighter held-out bound). Feature space: the gradient-penalised head whose Lipschitz
+  target is ``config.tau`` (:func:`ttjax.head.fit_head`)."""
+  if config.space == "logit":
+    run = ft.finetune(key, source, source, steps=config.head_steps)
+    return hd.LinearHead(W=jnp.asarray(run.weights), c=jnp.asarray(run.bias))
+  return hd.fit_head(key, source.features, source.labels, source.num_classes, tau=config.tau,
+                     penalty=config.head_penalty, steps=config.head_steps, learning_rate=config.head_lr)
+
+
 def prepare(key: jax.Array, source: Task, target: Task, config: BoundConfig, *, label_map=None, prior=None,
             head: Optional[hd.LinearHead] = None):
   """The start every analysis shares: ``(resolved config, source head, initial transforms, key for fit)``.
@@ -364,43 +459,98 @@ def prepare(key: jax.Array, source: Task, target: Task, config: BoundConfig, *, 
   config = config.resolved(source.dim)
   k_head, k_init, k_fit = jax.random.split(key, 3)
   if head is None:
-    head = hd.fit_head(k_head, source.features, source.labels, source.num_classes, tau=config.tau,
-                       penalty=config.head_penalty, steps=config.head_steps, learning_rate=config.head_lr)
-  params = tf.init_transforms(k_init, source.num_classes, target.num_classes, source.dim, setting=config.setting,
+    head = source_head(k_head, source, config)
+  # the label side starts as in the paper's settings: learned_all from the centroid-OT map (D = p_S), the others
+  # from a hard map with the matched prior; logit space re-expresses that (B, D) as P(s | t)
+  setting = config.setting if config.space == "feature" or config.setting == "learned_all" else "fixed_all"
+  params = tf.init_transforms(k_init, source.num_classes, target.num_classes, source.dim, setting=setting,
                               source_prior=np.asarray(source.prior), target_prior=np.asarray(target.prior),
                               label_map=initial_label_map(config, source, target, label_map), prior=prior)
+  if config.space == "logit":
+    params = lb.init_logit_transforms(params.B, params.D, source.dim)
   return config, head, params, k_fit
 
 
+def holdout_split(key: jax.Array, task: Task, fraction: float, *, name: str = "task") -> tuple[Task, Task]:
+  """Stratified ``(fit, evaluation)`` split of ``task``: about ``fraction`` of every class is held out (at least
+  one point per class on each side). Raises ``ValueError`` naming the class when a class has fewer than 2 points."""
+  counts = task.counts
+  if counts.min() < 2:
+    raise ValueError(f"{name}: class {int(counts.argmin())} has {int(counts.min())} sample(s); a held-out "
+                     "evaluation needs at least 2 per class (give more data, explicit test data, or holdout=0)")
+  y = np.asarray(task.labels)
+  fit_idx, eval_idx = ft.split_train_val(key, y, fraction)
+  eval_counts = np.bincount(y[eval_idx], minlength=task.num_classes)
+  for k in np.flatnonzero(eval_counts == 0):  # keep one point of every class in the evaluation split
+    move = fit_idx[y[fit_idx] == k][0]
+    fit_idx, eval_idx = fit_idx[fit_idx != move], np.sort(np.append(eval_idx, move))
+  take = lambda idx: Task(features=task.features[idx], labels=task.labels[idx], num_classes=task.num_classes)
+  return take(fit_idx), take(eval_idx)
+
+
 def analyse(key: jax.Array, source: Task, target: Task, config: BoundConfig = BoundConfig(), *,
+            source_test: Optional[Task] = None, target_test: Optional[Task] = None,
             label_map=None, prior=None, head: Optional[hd.LinearHead] = None) -> Analysis:
-  """The full analysis: train the Lipschitz source head, initialise the transforms for ``config.setting``,
-  minimise the objective, and evaluate the bound on the full data.
+  """The full analysis: train the source head, initialise the transforms for ``config.setting``, minimise the
+  objective on the fitting split, and evaluate the bound on the evaluation split.
 
   Args:
     key: PRNG key (the only source of randomness).
-    source, target: validated tasks (:func:`ttjax.tasks.make_task`) with the same feature dimension.
+    source, target: validated tasks (:func:`ttjax.tasks.make_task`) with the same feature dimension: the
+      fitting data when ``source_test`` / ``target_test`` are given, else split by ``config.holdout``.
+    source_test, target_test: held-out tasks to evaluate on (e.g. the data sets' test splits).
     label_map, prior: optional fixed ``B (K_t, K_s)`` / ``D (K_s,)`` (else random map / matched prior).
     head: a pre-trained source head to reuse (else trained here).
   """
   start = time.perf_counter()
-  pair = make_pair(source, target)
+  make_pair(source, target)  # validates the pair before any work
+  held_out = source_test is not None or target_test is not None or config.holdout > 0
+  if config.holdout > 0:
+    k_s, k_t = jax.random.split(jax.random.fold_in(key, 0x5EED))
+    if source_test is None:
+      source, source_test = holdout_split(k_s, source, config.holdout, name="source")
+    if target_test is None:
+      target, target_test = holdout_split(k_t, target, config.holdout, name="target")
+  fit_pair = make_pair(source, target)
+  eval_pair = make_pair(source if source_test is None else source_test, target if target_test is None else target_test)
   config, head, params, k_fit = prepare(key, source, target, config, label_map=label_map, prior=prior, head=head)
   history = {}
-  if tf.trainable_names(config.setting, config.freeze):
-    data = full_batch(pair) if config.batch_size is None else pair
+  if config.trainable:
+    data = full_batch(fit_pair) if config.batch_size is None else fit_pair
     params, history = fit(k_fit, params, data, head, config)
-  result = evaluate(params, pair, head, config, seconds=0.0)
+  result = evaluate(params, eval_pair, head, config, seconds=0.0, split="held-out" if held_out else "in-sample",
+                    fit_sizes=(source.n, target.n))
   result = dataclasses.replace(result, seconds=time.perf_counter() - start)
-  return Analysis(result=result, params=params, head=head, pair=pair, history=jax.device_get(history))
+  return Analysis(result=result, params=params, head=head, pair=eval_pair, history=jax.device_get(history),
+                  fit_pair=fit_pair)
 
 
 def tta(source_features, source_labels, target_features, target_labels, *, key: Optional[jax.Array] = None,
-          config: BoundConfig = BoundConfig(), standardise: bool = True, **kw) -> Analysis:
-  """Convenience entry point on raw arrays: validate both tasks, then :func:`analyse`."""
-  source = make_task(source_features, source_labels, name="source", standardise=standardise)
-  target = make_task(target_features, target_labels, name="target", standardise=standardise, dim=source.dim)
-  return analyse(jax.random.PRNGKey(0) if key is None else key, source, target, config, **kw)
+        config: BoundConfig = BoundConfig(), standardise: bool = True, source_test=None, target_test=None,
+        **kw) -> Analysis:
+  """Convenience entry point on raw arrays: validate both tasks, then :func:`analyse`.
+
+  ``source_test`` / ``target_test``: optional held-out ``(features, labels)`` to evaluate on, standardised with
+  their task's training statistics (else ``config.holdout`` of each task is held out).
+  """
+  source, s_test = _task_and_test(source_features, source_labels, source_test, "source", None, standardise)
+  target, t_test = _task_and_test(target_features, target_labels, target_test, "target", source.dim, standardise)
+  return analyse(jax.random.PRNGKey(0) if key is None else key, source, target, config, source_test=s_test,
+                 target_test=t_test, **kw)
+
+
+def _task_and_test(features, labels, test, name, dim, standardise):
+  task = make_task(features, labels, name=name, standardise=False, dim=dim)
+  test_task = None
+  if test is not None:
+    test_task = make_task(test[0], test[1], name=f"{name} test", standardise=False, dim=task.dim,
+                          num_classes=task.num_classes)
+  if standardise:
+    ref = task.features
+    task = dataclasses.replace(task, features=standardize(task.features, reference=ref))
+    if test_task is not None:
+      test_task = dataclasses.replace(test_task, features=standardize(test_task.features, reference=ref))
+  return task, test_task
 
 
 def feature_gradients(params: tf.Transforms, head: hd.LinearHead, batch: Batch,

@@ -171,7 +171,7 @@ def _class_problems(params, batch, cost_fn):
 
 def certified_w_blocked(params: tf.Transforms, pair, config: bd.BoundConfig, *, block_size: int = 2048,
                         seed: int = 0):
-  """``bound._certified_w`` with every class problem solved by :func:`blocked_w`: returns ``(w0, class_w,
+  """``bound.certified_w`` with every class problem solved by :func:`blocked_w`: returns ``(w0, class_w,
   mismatch)`` with ``W = w0 + Lambda * mismatch`` (``w0`` the label-split value at ``Lambda = 0``)."""
   config = config.resolved(pair.source.dim)
   cost_fn = ot.resolve_cost(config.cost_fn)
@@ -196,8 +196,10 @@ def evaluate_large(params: tf.Transforms, pair, head: hd.LinearHead, config: bd.
   """:func:`ttjax.bound.evaluate` with the blocked certified ``W`` (same terms, same ``tau_hat``)."""
   config = config.resolved(pair.source.dim)
   w0, _, mismatch = certified_w_blocked(params, pair, config, block_size=block_size)
-  t = jax.device_get(bd._evaluate_terms(params, pair, head, full_batch(pair), config))
-  return bd._assemble_result(t, w0, mismatch, params, config, pair.num_source, pair.num_target, seconds)
+  t = jax.device_get(bd.evaluate_terms(params, pair, head, full_batch(pair), config))
+  return bd.assemble_result(t, w0, mismatch, params, config, pair.num_source, pair.num_target, seconds,
+                            n_source_fit=pair.source.n, n_target_fit=pair.target.n, n_source_eval=pair.source.n,
+                            n_target_eval=pair.target.n)
 
 
 def analyse_large(key: jax.Array, source: Task, target: Task, config: bd.BoundConfig = bd.BoundConfig(), *,
@@ -205,6 +207,10 @@ def analyse_large(key: jax.Array, source: Task, target: Task, config: bd.BoundCo
                   head: Optional[hd.LinearHead] = None) -> bd.Analysis:
   """:func:`ttjax.bound.analyse` for large tasks: minibatch training (``config.batch_size`` must be set) and
   :func:`evaluate_large`. Same keys, same head and transforms as ``analyse``; only ``W``'s solver differs."""
+  if config.space != "feature" or config.holdout > 0:
+    raise ValueError("analyse_large computes the in-sample feature-space bound: pass "
+                     "BoundConfig(space='feature', holdout=0.0) (the certified logit-space bound runs through "
+                     "ttjax.analyse)")
   if config.batch_size is None:
     raise ValueError("analyse_large: full-batch training builds n_s x n_t,k cost matrices; set "
                      "BoundConfig.batch_size")
@@ -213,7 +219,7 @@ def analyse_large(key: jax.Array, source: Task, target: Task, config: bd.BoundCo
   config, head, params, k_fit = bd.prepare(key, source, target, config, label_map=label_map, prior=prior,
                                            head=head)
   history = {}
-  if tf.trainable_names(config.setting, config.freeze):
+  if config.trainable:
     params, history = bd.fit(k_fit, params, pair, head, config)
   result = evaluate_large(params, pair, head, config, block_size=block_size)
   result = dataclasses.replace(result, seconds=time.perf_counter() - start)

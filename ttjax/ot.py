@@ -33,7 +33,7 @@ from ott.problems.linear import linear_problem  # noqa: E402
 from ott.solvers.linear import sinkhorn as _sinkhorn  # noqa: E402
 
 __all__ = [
-    "CostFn", "euclidean", "sinkhorn", "mean_cost", "reduce_cost", "round_plan", "transport_cost", "entropic_value",
+    "CostFn", "euclidean", "logit_range", "sinkhorn", "mean_cost", "reduce_cost", "round_plan", "transport_cost", "entropic_value",
     "certified_value", "resolve_cost",
 ]
 
@@ -47,6 +47,17 @@ def euclidean(x: jax.Array, y: jax.Array) -> jax.Array:
   """
   sq = jnp.sum(x * x, -1)[:, None] + jnp.sum(y * y, -1)[None, :] - 2.0 * x @ y.T
   return jnp.sqrt(jnp.maximum(sq, 1e-12))
+
+
+def logit_range(u: jax.Array, v: jax.Array) -> jax.Array:
+  """Range seminorm between logit vectors ``C_ij = max_k (v_j - u_i)_k - min_k (v_j - u_i)_k``; ``u (n, K)``,
+  ``v (m, K)`` -> ``(n, m)``.
+
+  It ignores a common shift of all logits (as softmax does) and is ``<= sqrt(2) ||u_i - v_j||_2``. Every loss
+  ``-log (B softmax(u))_t`` is 1-Lipschitz for it (:mod:`ttjax.logit_bound`). Memory ``n m K``.
+  """
+  diff = v[None, :, :] - u[:, None, :]
+  return jnp.max(diff, -1) - jnp.min(diff, -1)
 
 
 @jax.tree_util.register_pytree_node_class

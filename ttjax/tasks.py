@@ -72,13 +72,15 @@ def check_labels(labels, n: int, *, num_classes: Optional[int] = None, name: str
   return y.astype(np.int32), k
 
 
-def standardize(features: jax.Array, eps: float = 1e-6) -> jax.Array:
-  """Per-feature z-score ``(z - mean) / max(std, eps)`` over the rows of ``features (n, d)``.
+def standardize(features: jax.Array, eps: float = 1e-6, *, reference: Optional[jax.Array] = None) -> jax.Array:
+  """Per-feature z-score ``(z - mean) / max(std, eps)`` over the rows of ``features (n, d)``, with the mean and
+  standard deviation of ``reference`` (e.g. the training split) when given, else of ``features``.
 
   A constant feature maps to 0 instead of dividing by zero.
   """
-  mean = jnp.mean(features, axis=0)
-  std = jnp.std(features, axis=0)
+  ref = features if reference is None else reference
+  mean = jnp.mean(ref, axis=0)
+  std = jnp.std(ref, axis=0)
   return (features - mean) / jnp.maximum(std, eps)
 
 

@@ -66,7 +66,7 @@ def test_figures_are_png(tmp_path):
   rows = [_row("a", 1.0, 0.8, logme=0.3, ncc=0.9), _row("b", 2.0, 0.5, logme=0.1, ncc=0.5),
           _row("c", 1.5, 0.6, logme=0.2, ncc=0.7)]
   p1 = report.plot_bound_terms(rows, str(tmp_path / "terms.png"))
-  from ttjax.evaluate import rank_report
+  from ttjax.selection import rank_report
   truth = {r["model"]: r["ground_truth"]["accuracy"] for r in rows}
   rep = rank_report({"logme": {r["model"]: r["scores"]["logme"] for r in rows},
                      "ncc": {r["model"]: r["scores"]["ncc"] for r in rows},

@@ -1,4 +1,5 @@
-"""ttjax.evaluate against scipy.stats on random inputs, with and without ties; regret; rank_report; errors."""
+"""ttjax.selection (model-selection metrics) against scipy.stats on random inputs, with and without ties; regret;
+rank_report; errors."""
 
 import warnings
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.stats as ss
 
-from ttjax import evaluate as ev
+from ttjax import selection as sel
 
 TOL = 1e-10
 
@@ -40,10 +41,10 @@ def _scipy(fn, x, y):
 
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("ours,ref", [
-    (ev.kendall_tau, ss.kendalltau),
-    (ev.weighted_tau, ss.weightedtau),
-    (ev.pearson, ss.pearsonr),
-    (ev.spearman, ss.spearmanr),
+    (sel.kendall_tau, ss.kendalltau),
+    (sel.weighted_tau, ss.weightedtau),
+    (sel.pearson, ss.pearsonr),
+    (sel.spearman, ss.spearmanr),
 ], ids=["kendall", "weighted", "pearson", "spearman"])
 def test_matches_scipy(ours, ref, ties):
   for x, y in _random_pairs(seed=1 + ties, count=300, ties=ties):
@@ -55,32 +56,32 @@ def test_rankdata_matches_scipy():
   rng = np.random.default_rng(3)
   for _ in range(50):
     v = rng.integers(0, 5, int(rng.integers(1, 30))).astype(float)
-    np.testing.assert_array_equal(ev.rankdata(v), ss.rankdata(v))
+    np.testing.assert_array_equal(sel.rankdata(v), ss.rankdata(v))
 
 
 def test_constant_input_is_nan_and_known_values():
   x = np.array([1.0, 2.0, 3.0, 4.0])
-  for fn in (ev.kendall_tau, ev.weighted_tau, ev.pearson, ev.spearman):
+  for fn in (sel.kendall_tau, sel.weighted_tau, sel.pearson, sel.spearman):
     assert np.isnan(fn(x, np.ones(4)))
     assert fn(x, 2 * x + 1) == pytest.approx(1.0, abs=1e-12)
     assert fn(x, -x) == pytest.approx(-1.0, abs=1e-12)
   # Weighted tau punishes a swap at the top more than the same swap at the bottom.
   top_swap = np.array([1.0, 2.0, 4.0, 3.0])
   bottom_swap = np.array([2.0, 1.0, 3.0, 4.0])
-  assert ev.kendall_tau(x, top_swap) == pytest.approx(ev.kendall_tau(x, bottom_swap))
-  assert ev.weighted_tau(x, top_swap) < ev.weighted_tau(x, bottom_swap)
+  assert sel.kendall_tau(x, top_swap) == pytest.approx(sel.kendall_tau(x, bottom_swap))
+  assert sel.weighted_tau(x, top_swap) < sel.weighted_tau(x, bottom_swap)
 
 
 def test_regret():
   truth = np.array([0.70, 0.90, 0.80, 0.60])
-  assert ev.top1_regret([0.1, 0.9, 0.2, 0.0], truth) == 0.0
-  assert ev.top1_regret([0.1, 0.2, 0.9, 0.0], truth) == pytest.approx(0.10)
-  assert ev.relative_regret([0.1, 0.2, 0.9, 0.0], truth) == pytest.approx(0.10 / 0.90)
-  assert ev.top1_regret([5.0, 1.0, 1.0, 9.0], truth) == pytest.approx(0.30)
+  assert sel.top1_regret([0.1, 0.9, 0.2, 0.0], truth) == 0.0
+  assert sel.top1_regret([0.1, 0.2, 0.9, 0.0], truth) == pytest.approx(0.10)
+  assert sel.relative_regret([0.1, 0.2, 0.9, 0.0], truth) == pytest.approx(0.10 / 0.90)
+  assert sel.top1_regret([5.0, 1.0, 1.0, 9.0], truth) == pytest.approx(0.30)
   # Tie for the top score: expected regret of a random pick among the tied models.
-  assert ev.top1_regret([3.0, 3.0, 1.0, 0.0], truth) == pytest.approx(0.90 - 0.80)
+  assert sel.top1_regret([3.0, 3.0, 1.0, 0.0], truth) == pytest.approx(0.90 - 0.80)
   with pytest.raises(ValueError, match="positive"):
-    ev.relative_regret([1.0, 0.0], [0.0, -1.0])
+    sel.relative_regret([1.0, 0.0], [0.0, -1.0])
 
 
 def test_rank_report():
@@ -89,7 +90,7 @@ def test_rank_report():
       "perfect": {"mlp": -3.0, "resnet": 0.1, "vit": 0.5, "clip": 2.0},
       "reversed": {"vit": 0.0, "resnet": 1.0, "clip": -1.0, "mlp": 5.0},
   }
-  rep = ev.rank_report(scores, truth)
+  rep = sel.rank_report(scores, truth)
   assert set(rep) == {"perfect", "reversed"}
   p, r = rep["perfect"], rep["reversed"]
   for key in ("kendall_tau", "weighted_tau", "spearman"):
@@ -102,7 +103,7 @@ def test_rank_report():
   models = list(truth)
   s = [scores["reversed"][k] for k in models]
   a = [truth[k] for k in models]
-  assert r["pearson"] == pytest.approx(ev.pearson(s, a), abs=1e-15)
+  assert r["pearson"] == pytest.approx(sel.pearson(s, a), abs=1e-15)
 
 
 @pytest.mark.parametrize("x,y,match", [
@@ -114,7 +115,7 @@ def test_rank_report():
     (["a", "b"], [1.0, 2.0], "real numbers"),
 ])
 def test_bad_input(x, y, match):
-  for fn in (ev.kendall_tau, ev.weighted_tau, ev.pearson, ev.spearman, ev.top1_regret):
+  for fn in (sel.kendall_tau, sel.weighted_tau, sel.pearson, sel.spearman, sel.top1_regret):
     with pytest.raises(ValueError, match=match):
       fn(x, y)
 
@@ -122,12 +123,12 @@ def test_bad_input(x, y, match):
 def test_rank_report_bad_input():
   truth = {"a": 0.5, "b": 0.7, "c": 0.6}
   with pytest.raises(ValueError, match="missing"):
-    ev.rank_report({"s": {"a": 1.0, "b": 2.0}}, truth)
+    sel.rank_report({"s": {"a": 1.0, "b": 2.0}}, truth)
   with pytest.raises(ValueError, match="extra"):
-    ev.rank_report({"s": {"a": 1.0, "b": 2.0, "c": 0.0, "d": 1.0}}, truth)
+    sel.rank_report({"s": {"a": 1.0, "b": 2.0, "c": 0.0, "d": 1.0}}, truth)
   with pytest.raises(ValueError, match="NaN"):
-    ev.rank_report({"s": {"a": 1.0, "b": float("nan"), "c": 0.0}}, truth)
+    sel.rank_report({"s": {"a": 1.0, "b": float("nan"), "c": 0.0}}, truth)
   with pytest.raises(ValueError, match="NaN"):
-    ev.rank_report({"s": {"a": 1.0, "b": 2.0, "c": 0.0}}, {**truth, "c": float("nan")})
+    sel.rank_report({"s": {"a": 1.0, "b": 2.0, "c": 0.0}}, {**truth, "c": float("nan")})
   with pytest.raises(ValueError, match="at least 2 models"):
-    ev.rank_report({"s": {"a": 1.0}}, {"a": 0.5})
+    sel.rank_report({"s": {"a": 1.0}}, {"a": 0.5})

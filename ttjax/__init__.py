@@ -8,7 +8,7 @@ Public API only; everything is defined in its own module.
 """
 
 from ttjax import ot  # noqa: F401  (first: applies the ott-jax / jax>=0.9 shim before anything uses ott)
-# (the bound's `evaluate` stays in ttjax.bound: `ttjax.evaluate` is the model-selection metrics module)
+# (the bound's `evaluate` stays in ttjax.bound; the model-selection metrics are ttjax.selection)
 from ttjax.bound import (Analysis, BoundConfig, BoundResult, Term, analyse, default_terms, feature_gradients, fit,
                          objective, tta)
 from ttjax.head import LinearHead, fit_head, tau_hat, transformed_probs

@@ -20,7 +20,7 @@ from ttjax.app import steps
 from ttjax.app.resolve import (TaskData, TaskError, builtin_dataset, check_model, check_same_encoder, dataset_split,
                                is_feature_file, parse_list, resolve_task)
 from ttjax.bound import BoundConfig, BoundResult
-from ttjax.evaluate import rank_report
+from ttjax.selection import rank_report
 
 __all__ = ["cmd_bound", "cmd_score", "cmd_rank", "cmd_features", "fail", "load_npz_task", "bound_config", "run_key",
            "resolve", "bound_entry", "bound_with_truth", "score_entry", "ground_truth_for", "pair_name",
@@ -154,7 +154,7 @@ def score_entry(args, target: TaskData, source: Optional[TaskData], names, salt:
 
 
 def rank_rows(rows: list[dict], names) -> dict:
-  """:func:`ttjax.evaluate.rank_report` of each score of ``names`` (and ``-bound``) over the model rows."""
+  """:func:`ttjax.selection.rank_report` of each score of ``names`` (and ``-bound``) over the model rows."""
   truth = {r["model"]: r["ground_truth"]["accuracy"] for r in rows}
   by_score = {}
   for n in names:

@@ -9,7 +9,7 @@ JSON layout (``schema_version`` 2)::
   {"schema_version": 2, "tool": "ttjax", "version": "...", "command": "bound" | "score" | "rank" | "demo",
    "settings": {...},            # the arguments that shaped the run (sizes, seeds, setting, steps)
    "results": [row, ...],        # one row per (source, target, model)
-   "ranking": {score: {...}}}    # rank / demo: ttjax.evaluate.rank_report per target (rank: one target)
+   "ranking": {score: {...}}}    # rank / demo: ttjax.selection.rank_report per target (rank: one target)
 
 A bound row has ``name``, ``source``, ``target``, ``model``, ``seed``, ``config`` and every field of
 :class:`ttjax.bound.BoundResult` (``bound``, ``source_loss``, ``entropy``, ``wasserstein``, ``tau_hat``,

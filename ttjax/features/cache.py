@@ -2,8 +2,8 @@
 
 Files are ``<cache>/features/<model>__<dataset>__<split>__<key>.npz`` where ``key`` hashes the encoder identity
 (its config, weight files and options: :func:`ttjax.features.zoo.model_key`), the dataset, split and
-preprocessing tag. Writes go to a temporary file in the same folder, then ``os.replace``: a reader sees the old
-file, the new one or nothing, never half a file. A file that cannot be read back whole (truncated, corrupt, other
+preprocessing tag. Writes are atomic (:func:`ttjax.assets.atomic_file`): a reader sees the old file, the new one
+or nothing, never half a file. A file that cannot be read back whole (truncated, corrupt, other
 key) counts as a miss.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -20,7 +19,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ttjax import data
-from ttjax.assets import get_cache_dir
+from ttjax.assets import atomic_file, get_cache_dir
 from ttjax.data.loader import ALIASES
 from ttjax.features.encoder import Encoder, extract, fingerprint
 from ttjax.features.zoo import load_encoder, model_key
@@ -47,24 +46,14 @@ def save_features(path: PathLike, features: np.ndarray, labels: Optional[np.ndar
                   class_names: Optional[Sequence[str]] = None, meta: Optional[dict] = None) -> Path:
   """Atomically write ``features (n, d)``, ``labels (n,)``, ``class_names`` and ``meta`` to ``path`` (.npz)."""
   path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   arrays = {"features": np.asarray(features, np.float32), "key": np.asarray(path.name),
             "meta": np.asarray(json.dumps(meta or {}, default=str))}
   if labels is not None:
     arrays["labels"] = np.asarray(labels)
   if class_names is not None:
     arrays["class_names"] = np.asarray(list(class_names), dtype=str)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
+  with atomic_file(path) as f:
+    np.savez(f, **arrays)
   return path
 
 

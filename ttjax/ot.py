@@ -148,7 +148,8 @@ def _absolute_epsilon(cost, a, b, epsilon, relative_epsilon):
     return epsilon
   if relative_epsilon != "mean":
     raise ValueError(f"relative_epsilon must be 'mean' or None, got {relative_epsilon!r}")
-  return epsilon * mean_cost(cost, a, b)
+  # floored: an all-zero cost (e.g. a zero source head, whose logits are all equal) would give eps = 0 and NaN
+  return jnp.maximum(epsilon * mean_cost(cost, a, b), 1e-8)
 
 
 def round_plan(plan: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:

@@ -372,7 +372,6 @@ def evaluate(params, pair: TaskPair, head: hd.LinearHead, config: BoundConfig, *
   """Report the bound on the full data of ``pair`` (the evaluation split named by ``split``): certified ``W``,
   every term; the Lipschitz constant certified (logit space) or measured (feature space)."""
   config = config.resolved(pair.source.dim)
-  batch = full_batch(pair)
   if config.space == "logit":
     t = jax.device_get(lb.certified_terms(params, pair, head, config))
     t.pop("class_wasserstein")
@@ -381,6 +380,7 @@ def evaluate(params, pair: TaskPair, head: hd.LinearHead, config: BoundConfig, *
     t.update(tau_hat=1.0, prior_matching=0.0, invertibility=0.0)
     w0, mismatch = t.pop("wasserstein"), 0.0
   else:
+    batch = full_batch(pair)
     w0, _, mismatch = certified_w(params, batch, config)
     t = jax.device_get(evaluate_terms(params, pair, head, batch, config))
     prior, label_map = params.D, params.B

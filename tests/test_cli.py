@@ -191,3 +191,45 @@ def test_real_demo_end_to_end(tmp_path, capsys):
   # Real features carry the real signal; shuffled labels carry none.
   assert rows["r8"]["ground_truth"]["accuracy"] > 0.7
   assert rows["r8 (shuffled labels)"]["ground_truth"]["accuracy"] < 0.4
+
+
+def test_split_task_list_keeps_class_groups_with_their_task():
+  from ttjax.app.resolve import split_task_list
+  assert split_task_list("20ng,r52") == ["20ng", "r52"]
+  assert split_task_list("r8:earn,acq,r52") == ["r8:earn,acq", "r52"]
+  assert split_task_list("a.npz, feats/{model}/b.npz") == ["a.npz", "feats/{model}/b.npz"]
+  assert split_task_list("20ng:comp-vs-rec") == ["20ng:comp-vs-rec"]
+
+
+def test_join_tasks_gives_disjoint_labels_and_joins_test_splits():
+  from ttjax.app.resolve import TaskData, TaskError, join_tasks
+  rng = np.random.default_rng(0)
+  a = TaskData("a", "m", rng.normal(size=(6, 4)), np.array([0, 1, 2, 0, 1, 2]), ["x", "y", "z"],
+               rng.normal(size=(3, 4)), np.array([0, 1, 2]))
+  b = TaskData("b", "m", rng.normal(size=(4, 4)), np.array([1, 0, 1, 0]), ["p", "q"], rng.normal(size=(2, 4)),
+               np.array([0, 1]))
+  j = join_tasks([a, b])
+  assert j.name == "a+b" and j.num_classes == 5 and j.class_names == ["a/x", "a/y", "a/z", "b/p", "b/q"]
+  np.testing.assert_array_equal(j.labels, [0, 1, 2, 0, 1, 2, 4, 3, 4, 3])
+  np.testing.assert_array_equal(j.test_labels, [0, 1, 2, 3, 4])
+  np.testing.assert_allclose(j.features[6:], b.features)
+  np.testing.assert_allclose(j.test_features[:3], a.test_features)
+  no_test = join_tasks([a, TaskData("c", "m", b.features, b.labels, ["p", "q"])])
+  assert no_test.test_features is None and no_test.test_labels is None  # not every task has one: dropped
+  with pytest.raises(TaskError, match="dimension"):
+    join_tasks([a, TaskData("w", "m", rng.normal(size=(4, 5)), b.labels, ["p", "q"])])
+
+
+def test_bound_joins_several_sources_and_is_evaluated_on_the_test_splits(npz, tmp_path):
+  out = tmp_path / "r.json"
+  assert cli.main(["bound", "--source", f"{npz / 'src_good.npz'},{npz / 'src_medium.npz'}",
+                   "--target", str(npz / "good.npz"), "--steps", "20", "--finetune-steps", "30", "--quiet",
+                   "--out", str(out)]) == 0
+  row = json.loads(out.read_text())["results"][0]
+  assert row["num_source_classes"] == 6 and row["source"] == "src_good+src_medium"
+  # the target's own test split (60 rows) is where the bound and the ground truth are evaluated
+  assert row["split_target"] == "test split" and row["n_target_eval"] == 60 and row["n_target_fit"] == 120
+  assert row["ground_truth"]["n_test"] == 60
+  # the sources have no test split: half of the joined train split (240 rows) is held out
+  assert row["split_source"] == "50% of train held out" and row["n_source_eval"] + row["n_source_fit"] == 240
+  assert row["split"] == "held-out" and row["bound"] >= row["target_loss"]

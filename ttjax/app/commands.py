@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ttjax.app import report as rp
 from ttjax.app import steps
 from ttjax.app.resolve import (TaskData, TaskError, builtin_dataset, check_model, check_same_encoder, dataset_split,
-                               is_feature_file, parse_list, resolve_task)
+                               is_feature_file, join_tasks, parse_list, resolve_task, split_task_list)
 from ttjax.bound import BoundConfig, BoundResult
 from ttjax.selection import rank_report
 
@@ -68,10 +68,15 @@ def run_key(seed: int, *salt: int) -> jax.Array:
 
 
 def resolve(args, spec: str, model: Optional[str], *, with_test: bool, limit=None) -> TaskData:
-  """TASK ``spec`` under ``model`` with the task options of ``args`` (``limit`` overrides ``--limit``)."""
-  return resolve_task(spec, model, limit=args.limit if limit is None else limit, test_limit=args.test_limit,
-                      seed=args.seed, data_dir=args.data_dir, with_test=with_test, progress=not args.quiet,
-                      max_length=args.max_length)
+  """TASK ``spec`` under ``model`` with the task options of ``args`` (``limit`` overrides ``--limit``, per task).
+
+  A comma-separated list of TASKs (``"20ng,r52"``, :func:`ttjax.app.resolve.split_task_list`) is joined into one
+  task with disjoint labels (:func:`ttjax.app.resolve.join_tasks`): e.g. a broad reference task for the bound.
+  """
+  return join_tasks([resolve_task(s, model, limit=args.limit if limit is None else limit, test_limit=args.test_limit,
+                                  seed=args.seed, data_dir=args.data_dir, with_test=with_test,
+                                  progress=not args.quiet, max_length=args.max_length)
+                     for s in split_task_list(spec)])
 
 
 def _settings(args, **extra) -> dict:
@@ -181,8 +186,8 @@ def print_ranking(rows: list[dict], names, title: str, ranking: dict, ranking_ti
 
 def cmd_bound(args) -> int:
   config = bound_config(args, 500)
-  source = resolve(args, args.source, args.model, with_test=False)
-  target = resolve(args, args.target, args.model, with_test=not args.no_ground_truth)
+  source = resolve(args, args.source, args.model, with_test=True)
+  target = resolve(args, args.target, args.model, with_test=True)
   check_same_encoder(source, target)
   row = bound_with_truth(args, source, target, config, pair_name(source, target, args.model))
   gt = row.get("ground_truth")
@@ -253,7 +258,7 @@ def _rank_models(args, entries, names, config) -> tuple[list[dict], dict]:
     bar.set_postfix_str(label)
     model = label
     target = resolve(args, tspec, model, with_test=True)
-    source = resolve(args, sspec, model, with_test=False) if sspec else None
+    source = resolve(args, sspec, model, with_test=not args.no_bound) if sspec else None
     if source is not None:
       check_same_encoder(source, target)
     row = score_entry(args, target, source, names, salt=i)

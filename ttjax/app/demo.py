@@ -60,7 +60,7 @@ def _demo_tasks(args, models, src_limit: int, tgt_limit: int) -> dict:
   """``{model: {"source" | target: TaskData}}``: the features (the only slow step of a first run; cached)."""
   tasks = {}
   for model in models:
-    tasks[model] = {"source": resolve(args, DEMO_SOURCE, model, with_test=False, limit=src_limit)}
+    tasks[model] = {"source": resolve(args, DEMO_SOURCE, model, with_test=True, limit=src_limit)}
     for t in DEMO_TARGETS:
       tasks[model][t] = resolve_task(t, model, limit=tgt_limit, test_limit=tgt_limit, seed=args.seed,
                                      progress=not args.quiet, max_length=args.max_length)

@@ -47,6 +47,8 @@ BOUND_COLUMNS: tuple[Column, ...] = (
     ("target_accuracy", "h_T acc", ".3f"),
     ("ground_truth.loss", "FT loss", ".4f"),
     ("ground_truth.accuracy", "FT acc", ".3f"),
+    ("log_kt", "log K_t", ".3f"),
+    ("split_target", "target split", ""),
     ("seconds", "time s", ".1f"),
 )
 
@@ -108,15 +110,16 @@ def _with_derived(rows: Sequence[Mapping]) -> list[dict]:
     r = dict(r)
     if "tau_hat" in r and "wasserstein" in r:
       r["tau_w"] = float(r["tau_hat"]) * float(r["wasserstein"])
+    if "num_target_classes" in r:
+      r["log_kt"] = math.log(int(r["num_target_classes"]))  # the loss of the uniform guess: a vacuity line
     out.append(r)
   return out
 
 
 def bound_table(rows: Sequence[Mapping]) -> str:
-  """Bound, its terms, the transformed classifier's target loss/accuracy and the fine-tuned ground truth."""
-  return table(_with_derived(rows), [c for c in BOUND_COLUMNS
-                                     if any(c[0] in flatten(r) or c[0] == "tau_w" for r in rows)],
-               label=("name", "pair", ""))
+  """Bound, its terms, the transformed classifier's target loss/accuracy, the fine-tuned ground truth, log K_t."""
+  rows = _with_derived(rows)
+  return table(rows, [c for c in BOUND_COLUMNS if any(c[0] in flatten(r) for r in rows)], label=("name", "pair", ""))
 
 
 def scores_table(rows: Sequence[Mapping], names: Sequence[str], *, label_key: str = "name") -> str:

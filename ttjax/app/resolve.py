@@ -35,7 +35,8 @@ from ttjax.data.loader import ALIASES
 from ttjax.features import cache, zoo_names
 
 __all__ = ["TaskData", "TaskError", "resolve_task", "check_model", "check_same_encoder", "dataset_split",
-           "is_feature_file", "parse_list", "builtin_dataset", "class_groups", "stratified_limit"]
+           "is_feature_file", "parse_list", "builtin_dataset", "class_groups", "stratified_limit", "split_task_list",
+           "join_tasks"]
 
 
 class TaskError(ValueError):
@@ -82,6 +83,48 @@ class TaskData:
 def parse_list(value: Optional[str]) -> list[str]:
   """``"a,b, c"`` -> ``["a", "b", "c"]`` (empty items dropped)."""
   return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def split_task_list(spec: str) -> list[str]:
+  """``"20ng,r52"`` -> ``["20ng", "r52"]``: the TASKs of a comma-separated list.
+
+  A comma starts a new TASK only when what follows is one (a built-in dataset, optionally with ``:GROUPS``, or a
+  feature file); otherwise it belongs to the previous TASK's class groups: ``"r8:earn,acq,r52"`` is
+  ``["r8:earn,acq", "r52"]``.
+  """
+  out: list[str] = []
+  for part in [p.strip() for p in str(spec).split(",")]:
+    starts = is_feature_file(part) or builtin_dataset(part.partition(":")[0]) is not None
+    if out and not starts:
+      out[-1] += "," + part
+    elif part:
+      out.append(part)
+  return out
+
+
+def join_tasks(tasks: list["TaskData"]) -> "TaskData":
+  """One reference task from several of the same encoder, with disjoint labels (task ``i``'s classes follow task
+  ``i - 1``'s; class names prefixed ``TASK/``). The test split is joined when every task has one, else dropped
+  (then the analyses split the joined train split)."""
+  if len(tasks) == 1:
+    return tasks[0]
+  for t in tasks[1:]:
+    check_same_encoder(tasks[0], t)
+  offsets = np.cumsum([0] + [t.num_classes for t in tasks[:-1]])
+  labels = np.concatenate([t.labels + o for t, o in zip(tasks, offsets)])
+  names = [f"{t.name}/{t.class_names[c] if c < len(t.class_names) else c}" for t in tasks
+           for c in range(t.num_classes)]
+  with_test = all(t.test_features is not None for t in tasks)
+  for t in tasks if with_test else ():
+    if t.test_features.shape[1] != t.dim:
+      raise TaskError(f"{t.name}: test features have dimension {t.test_features.shape[1]}, train {t.dim}")
+  return TaskData(name="+".join(t.name for t in tasks), model=tasks[0].model,
+                  features=np.concatenate([t.features for t in tasks]).astype(np.float32), labels=labels,
+                  class_names=names,
+                  test_features=np.concatenate([t.test_features for t in tasks]) if with_test else None,
+                  test_labels=np.concatenate([t.test_labels + o for t, o in zip(tasks, offsets)]) if with_test
+                  else None,
+                  meta={"joined": [t.meta for t in tasks], "n": int(labels.shape[0])})
 
 
 def is_feature_file(spec: str) -> bool:

@@ -129,14 +129,24 @@ def compute_scores(key: jax.Array, target: TaskData, names: Sequence[str], sourc
   return values, errors
 
 
-def bound_row(key: jax.Array, source: TaskData, target: TaskData, config) -> dict:
-  """The TTA bound from ``source`` to ``target`` (train splits) as a dict (``BoundResult.to_dict()``).
+def _test_split(task: TaskData) -> Optional[tuple]:
+  return None if task.test_features is None else (task.test_features, task.test_labels)
 
-  The two feature dimensions must agree (:func:`ttjax.app.resolve.check_same_encoder`, checked when the pair is
-  resolved; the core checks again).
+
+def bound_row(key: jax.Array, source: TaskData, target: TaskData, config) -> dict:
+  """The TTA bound from ``source`` to ``target`` as a dict (``BoundResult.to_dict()``).
+
+  The head and the transforms are learned on the train splits; the bound, its terms and the loss of ``h_T`` are
+  evaluated on each task's test split when it has one (for the target the same split as the fine-tuned ground
+  truth), else on ``config.holdout`` of its train split (``split_source`` / ``split_target`` say which). The two
+  feature dimensions must agree (:func:`ttjax.app.resolve.check_same_encoder`, checked when the pair is resolved;
+  the core checks again).
   """
   try:
-    analysis = tta(source.features, source.labels, target.features, target.labels, key=key, config=config)
+    analysis = tta(source.features, source.labels, target.features, target.labels, key=key, config=config,
+                   source_test=_test_split(source), target_test=_test_split(target))
   except (ValueError, FloatingPointError) as e:
     raise TaskError(str(e)) from None
-  return analysis.result.to_dict()
+  where = lambda t: "test split" if t.test_features is not None else (
+      f"{config.holdout:.0%} of train held out" if config.holdout > 0 else "train (in-sample)")
+  return dict(analysis.result.to_dict(), split_source=where(source), split_target=where(target))

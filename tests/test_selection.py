@@ -1,62 +1,28 @@
-"""ttjax.selection (model-selection metrics) against scipy.stats on random inputs, with and without ties; regret;
-rank_report; errors."""
-
-import warnings
+"""ttjax.selection (model-selection metrics: scipy.stats behind one input validation): values computed by hand,
+ties, constant inputs, regret, rank_report, errors."""
 
 import numpy as np
 import pytest
-import scipy.stats as ss
 
 from ttjax import selection as sel
 
-TOL = 1e-10
-
-
-def _random_pairs(seed: int, count: int, ties: bool):
-  rng = np.random.default_rng(seed)
-  for _ in range(count):
-    m = int(rng.integers(2, 25))
-    if ties:  # few distinct values -> many ties, sometimes in both inputs at once
-      x = rng.integers(0, 4, m).astype(float)
-      y = rng.integers(0, 3, m).astype(float) if rng.random() < 0.5 else rng.normal(size=m)
-      if rng.random() < 0.5:
-        x, y = y, x
-    else:
-      x, y = rng.normal(size=m), rng.normal(size=m)
-    yield x, y
-
-
-def _close(ours: float, ref: float):
-  if np.isnan(ref):
-    assert np.isnan(ours), (ours, ref)
-  else:
-    assert abs(ours - ref) <= TOL, (ours, ref)
-
-
-def _scipy(fn, x, y):
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    return float(fn(x, y)[0])
-
-
-@pytest.mark.parametrize("ties", [False, True])
-@pytest.mark.parametrize("ours,ref", [
-    (sel.kendall_tau, ss.kendalltau),
-    (sel.weighted_tau, ss.weightedtau),
-    (sel.pearson, ss.pearsonr),
-    (sel.spearman, ss.spearmanr),
-], ids=["kendall", "weighted", "pearson", "spearman"])
-def test_matches_scipy(ours, ref, ties):
-  for x, y in _random_pairs(seed=1 + ties, count=300, ties=ties):
-    want = _scipy(ref, x, y)
-    _close(ours(x, y), want)
-
-
-def test_rankdata_matches_scipy():
-  rng = np.random.default_rng(3)
-  for _ in range(50):
-    v = rng.integers(0, 5, int(rng.integers(1, 30))).astype(float)
-    np.testing.assert_array_equal(sel.rankdata(v), ss.rankdata(v))
+def test_known_values_computed_by_hand():
+  # one swap of neighbours among m = 4: 5 concordant, 1 discordant pair -> tau_b = 4/6
+  x, y = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 2.0, 4.0, 3.0])
+  assert sel.kendall_tau(x, y) == pytest.approx(4 / 6)
+  # a tie in y: pair (3, 4) tied -> tau_b = (5 - 0) / sqrt(6 * 5)
+  assert sel.kendall_tau(x, np.array([1.0, 2.0, 3.0, 3.0])) == pytest.approx(5 / np.sqrt(30))
+  # Spearman of the swap: 1 - 6 * sum d^2 / (m (m^2 - 1)) = 1 - 12 / 60
+  assert sel.spearman(x, y) == pytest.approx(0.8)
+  assert sel.pearson([0.0, 1.0, 2.0], [0.0, 1.0, 5.0]) == pytest.approx(
+      np.corrcoef([0.0, 1.0, 2.0], [0.0, 1.0, 5.0])[0, 1])
+  # weighted tau, hyperbolic additive weights, by hand: ranks by (x, y) decreasing are 3, 2, 1, 0 for x = 1..4;
+  # w = 1/(r+1); the only discordant pair is (3, 4) with weight w_3 + w_4 = 1/2 + 1 -> (sum w - 2 * 1.5) / sum w
+  w = 1.0 / (np.array([3, 2, 1, 0]) + 1.0)
+  total = sum(w[i] + w[j] for i in range(4) for j in range(i + 1, 4))
+  by_x = (total - 2 * (w[2] + w[3])) / total
+  # ranked by (y, x) instead: y = 1, 2, 4, 3 -> ranks 3, 2, 0, 1; the discordant pair has weight 1 + 1/2 again
+  assert sel.weighted_tau(x, y) == pytest.approx(by_x)
 
 
 def test_constant_input_is_nan_and_known_values():
@@ -99,6 +65,11 @@ def test_rank_report():
   assert r["top1_model"] == "mlp" and r["top1_regret"] == pytest.approx(0.55)
   assert r["relative_regret"] == pytest.approx(0.55 / 0.95)
   assert p["num_models"] == 4
+  # a score tied at the top (e.g. saturated H-score) names the tie and counts its tau as undefined
+  tied = sel.rank_report({"flat": {"vit": 7.0, "resnet": 7.0, "clip": 7.0, "mlp": 7.0},
+                          "top_tie": {"vit": 2.0, "resnet": 0.0, "clip": 2.0, "mlp": -1.0}}, truth)
+  assert np.isnan(tied["flat"]["kendall_tau"]) and tied["flat"]["top1_model"] == "vit = resnet = clip = mlp"
+  assert tied["top_tie"]["top1_model"] == "vit = clip" and tied["top_tie"]["top1_regret"] == pytest.approx(0.02)
   # Same numbers as the array functions, in truth's model order.
   models = list(truth)
   s = [scores["reversed"][k] for k in models]

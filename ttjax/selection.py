@@ -11,10 +11,10 @@ and the ground truth ``a in R^m`` (e.g. the test accuracy of fine-tuning each mo
 * :func:`top1_regret` -- the accuracy lost by picking the model the score ranks first,
 * :func:`rank_report` -- all of the above for several scores at once.
 
-The inputs are tiny (tens of models), so everything is plain numpy on the host with ``O(m^2)`` pairwise formulas;
-nothing is jitted. The definitions reproduce ``scipy.stats`` (``kendalltau``, ``weightedtau``, ``pearsonr``,
-``spearmanr``) to rounding error, without calling scipy. A correlation that is undefined (one of the inputs is
-constant) is ``nan``, as in scipy.
+The inputs are tiny (tens of models): the correlations are ``scipy.stats``' (``kendalltau``, ``weightedtau``,
+``pearsonr``, ``spearmanr``), behind one validation of the inputs (1-D, real, finite, equal length, ``m >= 2``).
+Ties count as ties in every tau; a correlation that is undefined (an input is constant, e.g. a saturated score)
+is ``nan``, and a top-1 pick shared by tied models is reported as the tie.
 """
 
 from __future__ import annotations
@@ -22,14 +22,16 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any
 
+import warnings
+
 import numpy as np
+from scipy import stats
 
 __all__ = [
     "kendall_tau",
     "weighted_tau",
     "pearson",
     "spearman",
-    "rankdata",
     "top1_regret",
     "relative_regret",
     "rank_report",
@@ -62,46 +64,29 @@ def _check_pair(x, y, *, names: tuple[str, str] = ("scores", "truth")) -> tuple[
   return _check_vector(a, names[0]), _check_vector(b, names[1])
 
 
-def _pair_signs(v: np.ndarray) -> np.ndarray:
-  """``S[i, j] = sign(v_i - v_j)``, shape ``(m, m)``."""
-  return np.sign(v[:, None] - v[None, :])
+def _statistic(fn, x: np.ndarray, y: np.ndarray) -> float:
+  """``fn(x, y).statistic`` of a ``scipy.stats`` correlation; ``nan`` (no warning) when ``x`` or ``y`` is
+  constant, where the correlation is undefined."""
+  if np.ptp(x) == 0 or np.ptp(y) == 0:
+    return float("nan")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", stats.ConstantInputWarning)  # near-constant after rounding
+    return float(fn(x, y)[0])
 
 
 def kendall_tau(x, y) -> float:
-  r"""Kendall's tau-b between two sequences of length ``m``.
+  r"""Kendall's tau-b between two sequences of length ``m`` (``scipy.stats.kendalltau``).
 
   .. math::
 
     \tau_b = \frac{\sum_{i<j} \mathrm{sgn}(x_i - x_j)\,\mathrm{sgn}(y_i - y_j)}
                   {\sqrt{(n_0 - n_x)(n_0 - n_y)}},
 
-  with ``n_0 = m(m-1)/2`` pairs, ``n_x`` (``n_y``) pairs tied in ``x`` (``y``): concordant minus discordant pairs
-  over the geometric mean of the pairs untied in each input. Equals ``scipy.stats.kendalltau(x, y).statistic``
-  (its default ``variant='b'``); ``nan`` when ``x`` or ``y`` is constant.
+  with ``n_0 = m(m-1)/2`` pairs, ``n_x`` (``n_y``) pairs tied in ``x`` (``y``): a tied pair counts neither for nor
+  against. ``nan`` when ``x`` or ``y`` is constant.
   """
   x, y = _check_pair(x, y, names=("x", "y"))
-  sx, sy = _pair_signs(x), _pair_signs(y)
-  iu = np.triu_indices(x.shape[0], 1)
-  num = float(np.sum((sx * sy)[iu]))
-  den = float(np.sum(np.abs(sx)[iu])) * float(np.sum(np.abs(sy)[iu]))
-  return num / np.sqrt(den) if den > 0 else float("nan")
-
-
-def _weighted_tau_ranked(x: np.ndarray, y: np.ndarray) -> float:
-  """Weighted tau with the decreasing lexicographic rank by ``(x, y)`` (one half of :func:`weighted_tau`)."""
-  m = x.shape[0]
-  # Position in the order by decreasing x, then decreasing y; exact (x, y) duplicates keep the reverse of their
-  # index order (np.lexsort is stable), as scipy does.
-  order = np.lexsort((y, x))[::-1]
-  rank = np.empty(m, dtype=np.int64)
-  rank[order] = np.arange(m)
-  w = 1.0 / (rank + 1.0)  # hyperbolic weigher, rank 0 = most important
-  pair_w = w[:, None] + w[None, :]  # additive exchange weight
-  sx, sy = _pair_signs(x), _pair_signs(y)
-  iu = np.triu_indices(m, 1)
-  num = float(np.sum((pair_w * sx * sy)[iu]))
-  den = float(np.sum((pair_w * np.abs(sx))[iu])) * float(np.sum((pair_w * np.abs(sy))[iu]))
-  return num / np.sqrt(den) if den > 0 else float("nan")
+  return _statistic(stats.kendalltau, x, y)
 
 
 def weighted_tau(x, y) -> float:
@@ -113,50 +98,27 @@ def weighted_tau(x, y) -> float:
   .. math::
 
     \tau_w(r) = \frac{\sum_{i<j} w_{ij}\,\mathrm{sgn}(x_i - x_j)\,\mathrm{sgn}(y_i - y_j)}
-                     {\sqrt{\sum_{i<j,\,x_i \ne x_j} w_{ij} \cdot \sum_{i<j,\,y_i \ne y_j} w_{ij}}}.
+                     {\sqrt{\sum_{i<j,\,x_i \ne x_j} w_{ij} \cdot \sum_{i<j,\,y_i \ne y_j} w_{ij}}},
 
-  The returned value averages ``tau_w`` over two rankings: the decreasing lexicographic rank by ``(x, y)``
-  (largest ``x`` first, ties broken by larger ``y``) and by ``(y, x)``. Disagreements among the top-ranked
-  models therefore cost more than among the bottom ones -- what matters for model selection. Symmetric in
-  ``(x, y)``; ``nan`` when ``x`` or ``y`` is constant.
+  averaged over the decreasing lexicographic ranks by ``(x, y)`` and by ``(y, x)``: disagreements among the
+  top-ranked models cost more than among the bottom ones -- what matters for model selection. Ties count as
+  ties; ``nan`` when ``x`` or ``y`` is constant.
   """
   x, y = _check_pair(x, y, names=("x", "y"))
-  return 0.5 * (_weighted_tau_ranked(x, y) + _weighted_tau_ranked(y, x))
+  return _statistic(stats.weightedtau, x, y)
 
 
 def pearson(x, y) -> float:
-  r"""Pearson's ``r = <x - mean(x), y - mean(y)> / (||x - mean(x)|| ||y - mean(y)||)``; ``nan`` if constant."""
+  r"""Pearson's ``r = <x - mean(x), y - mean(y)> / (||x - mean(x)|| ||y - mean(y)||)`` (``scipy.stats.pearsonr``);
+  ``nan`` if constant."""
   x, y = _check_pair(x, y, names=("x", "y"))
-  xc, yc = x - x.mean(), y - y.mean()
-  nx, ny = np.linalg.norm(xc), np.linalg.norm(yc)
-  # A constant input (up to rounding of the mean) has no defined correlation.
-  if nx <= 1e-13 * max(1.0, np.abs(x).max()) * np.sqrt(x.size) or \
-      ny <= 1e-13 * max(1.0, np.abs(y).max()) * np.sqrt(y.size):
-    return float("nan")
-  r = float(np.dot(xc / nx, yc / ny))
-  return float(np.clip(r, -1.0, 1.0))
-
-
-def rankdata(v) -> np.ndarray:
-  """Average ranks ``1..m`` of a 1-D array; tied values share the mean of their positions (``scipy`` 'average')."""
-  v = np.asarray(v, dtype=np.float64)
-  order = np.argsort(v, kind="stable")
-  sv = v[order]
-  # Group boundaries of equal values in sorted order; each group gets the mean of its 1-based positions.
-  new_group = np.concatenate([[True], sv[1:] != sv[:-1]])
-  group = np.cumsum(new_group) - 1
-  starts = np.nonzero(new_group)[0]
-  ends = np.concatenate([starts[1:], [v.size]])  # exclusive
-  avg = 0.5 * (starts + 1 + ends)  # mean of positions starts+1 .. ends
-  ranks = np.empty(v.size, dtype=np.float64)
-  ranks[order] = avg[group]
-  return ranks
+  return _statistic(stats.pearsonr, x, y)
 
 
 def spearman(x, y) -> float:
-  """Spearman's rho: :func:`pearson` of the average ranks (:func:`rankdata`) of ``x`` and ``y``."""
+  """Spearman's rho: Pearson's r of the average ranks of ``x`` and ``y`` (``scipy.stats.spearmanr``)."""
   x, y = _check_pair(x, y, names=("x", "y"))
-  return pearson(rankdata(x), rankdata(y))
+  return _statistic(stats.spearmanr, x, y)
 
 
 def _top1(scores: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -202,7 +164,7 @@ def rank_report(scores: Mapping[str, Mapping[Hashable, float]],
   Returns:
     ``{score name: {"kendall_tau", "weighted_tau", "pearson", "spearman", "top1_regret", "relative_regret"
     (floats; relative regret is ``nan`` when the best truth is not positive), "top1_model" (the model the score
-    ranks first; the first in ``truth``'s order among ties), "best_model" (the model with the best truth),
+    ranks first; tied models joined by ``" = "``), "best_model" (the model with the best truth),
     "num_models" (int)}}``.
 
   Raises:
@@ -232,7 +194,7 @@ def rank_report(scores: Mapping[str, Mapping[Hashable, float]],
         "spearman": spearman(s, a),
         "top1_regret": best - picked,
         "relative_regret": (best - picked) / best if best > 0 else float("nan"),
-        "top1_model": models[int(np.argmax(s))],
+        "top1_model": " = ".join(m for m, v in zip(models, s) if v == s.max()),  # a tie names every tied model
         "best_model": models[int(np.argmax(a))],
         "num_models": len(models),
     }

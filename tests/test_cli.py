@@ -233,3 +233,19 @@ def test_bound_joins_several_sources_and_is_evaluated_on_the_test_splits(npz, tm
   # the sources have no test split: half of the joined train split (240 rows) is held out
   assert row["split_source"] == "50% of train held out" and row["n_source_eval"] + row["n_source_fit"] == 240
   assert row["split"] == "held-out" and row["bound"] >= row["target_loss"]
+
+
+def test_progress_in_a_log_is_one_line_per_finished_item(capsys):
+  from ttjax.progress import progress
+  bar = progress(["a", "b"], desc="demo", unit="pair")  # stderr is captured: not a terminal
+  for item in bar:
+    bar.set_postfix_str(f"pair {item}")
+  counted = progress(total=5, desc="features[m]", unit="ex")
+  counted.update(5)
+  counted.close()
+  err = capsys.readouterr().err
+  lines = err.strip().splitlines()
+  assert "\r" not in err and len(lines) == 3
+  assert lines[0].startswith("demo: [1/2] pair a") and lines[1].startswith("demo: [2/2] pair b")
+  assert lines[2].startswith("features[m]: 5 ex")
+  assert progress([1], disable=True).disable  # --quiet: a disabled tqdm bar, prints nothing

@@ -13,13 +13,13 @@ from typing import Callable, Optional
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from ttjax.app import report as rp
 from ttjax.app import steps
 from ttjax.app.resolve import (TaskData, TaskError, builtin_dataset, check_model, check_same_encoder, dataset_split,
                                is_feature_file, join_tasks, parse_list, resolve_task, split_task_list)
 from ttjax.bound import BoundConfig, BoundResult
+from ttjax.progress import progress
 from ttjax.selection import rank_report
 
 __all__ = ["cmd_bound", "cmd_score", "cmd_rank", "cmd_features", "fail", "load_npz_task", "bound_config", "run_key",
@@ -253,7 +253,7 @@ def _rank_entries(args) -> list[tuple[str, str, Optional[str]]]:
 def _rank_models(args, entries, names, config) -> tuple[list[dict], dict]:
   """Per model: target (and source) features, scores, bound, ground truth; then the ranking report."""
   rows = []
-  bar = tqdm(entries, desc="rank", unit="model", disable=args.quiet)
+  bar = progress(entries, desc="rank", unit="model", disable=args.quiet)
   for i, (label, tspec, sspec) in enumerate(bar):
     bar.set_postfix_str(label)
     model = label

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
 from ttjax import synthetic as syn
 from ttjax.app import report as rp
@@ -22,6 +21,7 @@ from ttjax.app.commands import (bound_config, bound_entry, bound_with_truth, gro
                                 print_ranking, rank_rows, resolve, score_entry, write_outputs)
 from ttjax.app.resolve import TaskData, parse_list, resolve_task
 from ttjax.assets import AssetUnavailableError
+from ttjax.progress import progress
 
 __all__ = ["cmd_demo", "demo_real", "demo_synthetic", "DEMO_SOURCE", "DEMO_TARGETS", "DEMO_MODELS",
            "DEMO_SOURCE_LIMIT", "DEMO_TARGET_LIMIT"]
@@ -84,7 +84,7 @@ def demo_real(args) -> int:
   tasks = _demo_tasks(args, models, src_limit, tgt_limit)
   targets = list(DEMO_TARGETS) + [SHUFFLED]
   rows = []
-  bar = tqdm([(m, t) for m in models for t in targets], desc="demo", unit="pair", disable=args.quiet)
+  bar = progress([(m, t) for m in models for t in targets], desc="demo", unit="pair", disable=args.quiet)
   for i, (model, t) in enumerate(bar):
     bar.set_postfix_str(f"{model}: {DEMO_SOURCE} -> {t}")
     source, target = tasks[model]["source"], tasks[model][t]

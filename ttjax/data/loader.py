@@ -9,6 +9,7 @@ Names: the ttjax builders (see :data:`ALIASES`: ``"20newsgroups"``, ``"r8"``, ``
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Optional, Union
 
@@ -59,6 +60,8 @@ def prepare(name: str, data_dir: Optional[PathLike] = None, **kwargs):
   if builder is None:
     raise KeyError(f"{name!r} is not a ttjax dataset ({dataset_names()})")
   if not builder.is_prepared():
+    if not sys.stderr.isatty():  # a log or a pipe: no carriage-return bar frames
+      tfds.disable_progress_bar()
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False, verify_ssl=True))
   return builder

@@ -15,7 +15,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
+
+from ttjax.progress import progress
 
 __all__ = ["Encoder", "extract", "fingerprint", "feature_options", "pad_rows", "resolve_dtype", "masked_mean"]
 
@@ -114,7 +115,7 @@ def extract(encoder: Encoder, inputs, *, progress: Optional[bool] = None, desc: 
   show = steps > 8 if progress is None else progress
   bar = None
   if show:
-    bar = tqdm(total=n, desc=desc or f"features[{encoder.name}]", unit="ex")
+    bar = progress(total=n, desc=desc or f"features[{encoder.name}]", unit="ex")
   outs = []
   try:
     for s in range(steps):

@@ -216,3 +216,18 @@ def test_the_bound_does_not_grow_with_nuisance_feature_dimensions():
   est_narrow, est_broad = run(zs, zt, space="feature"), run(wide(zs), wide(zt), space="feature")
   assert est_broad.bound > 2.0 * est_narrow.bound, (est_narrow.bound, est_broad.bound)
   assert broad.bound < est_broad.bound
+
+
+def test_logit_range_gradient_matches_autodiff_of_its_formula():
+  rng = np.random.default_rng(2)
+  u, v, w = (jnp.asarray(rng.normal(size=s)) for s in ((6, 4), (5, 4), (6, 5)))
+  formula = lambda u, v: jnp.max(v[None] - u[:, None], -1) - jnp.min(v[None] - u[:, None], -1)
+  ours = jax.grad(lambda u, v: jnp.sum(w * ot.logit_range(u, v)), argnums=(0, 1))(u, v)
+  ref = jax.grad(lambda u, v: jnp.sum(w * formula(u, v)), argnums=(0, 1))(u, v)
+  for a, b in zip(ours, ref):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-9)
+  # batched as the terms use it (vmap over target classes)
+  vb = jnp.stack([v, 2 * v])
+  got = jax.grad(lambda vb: jnp.sum(jax.vmap(lambda x: ot.logit_range(u, x))(vb)))(vb)
+  want = jax.grad(lambda vb: jnp.sum(jax.vmap(lambda x: formula(u, x))(vb)))(vb)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-9)

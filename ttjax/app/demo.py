@@ -28,7 +28,7 @@ __all__ = ["cmd_demo", "demo_real", "demo_synthetic", "DEMO_SOURCE", "DEMO_TARGE
 
 DEMO_SOURCE = "20ng"
 DEMO_TARGETS = ("r8", "tweets")
-DEMO_MODELS = "minilm-l6,minilm-l3"
+DEMO_MODELS = "minilm-l6,minilm-l3,wordllama-l2-256"
 DEMO_SOURCE_LIMIT = 200  # 10 documents per class of 20 Newsgroups
 DEMO_TARGET_LIMIT = 160  # per split: R8 20 per class (fewer in its smallest test classes), tweets 80
 SHUFFLED = "r8 (shuffled)"
@@ -90,7 +90,7 @@ def demo_real(args) -> int:
     source, target = tasks[model]["source"], tasks[model][t]
     row = bound_entry(args, source, target, config, pair_name(source, target, model))
     scored = score_entry(args, target, source, names, salt=i)
-    row["scores"] = scored["scores"]
+    row.update(scores=scored["scores"], n=scored["n"], dim=scored["dim"])
     if "score_errors" in scored:
       row["score_errors"] = scored["score_errors"]
     row["ground_truth"] = ground_truth_for(args, target, salt=i) or {}

@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_features)
 
   p = sub.add_parser("demo", help="the main job on its offline default (real encoders and corpora)",
-                     description="Real frozen encoders (MiniLM-L6, MiniLM-L3) on real corpora: a 20 Newsgroups "
+                     description="Real frozen encoders (MiniLM-L6, MiniLM-L3, WordLlama) on real corpora: a 20 Newsgroups "
                      "subset as source, Reuters R8 and election tweets as targets, R8 with shuffled labels as a "
                      "control; for each pair the TTA bound and its terms next to the actual fine-tuned accuracy "
                      "and loss, the scores, and the encoders ranked per target. Small class-stratified subsets "

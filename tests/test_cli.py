@@ -175,7 +175,9 @@ def test_real_demo_end_to_end(tmp_path, capsys):
   subsets (cached afterwards); no skip, a missing asset fails here."""
   out = tmp_path / "demo.json"
   assert cli.main(["demo", "--models", "minilm-l6", "--steps", "100", "--scores", "logme,ncc,leep", "--limit",
-                   "100", "--target-limit", "80", "--quiet", "--out", str(out)]) == 0
+                   "100", "--target-limit", "80", "--quiet", "--out", str(out), "--plot", str(tmp_path / "figs")]) == 0
+  printed = capsys.readouterr().out
+  assert "In short" in printed and (tmp_path / "figs" / "bound_terms.png").stat().st_size > 1000
   payload = json.loads(out.read_text())
   rows = {r["target"]: r for r in payload["results"]}
   assert set(rows) == {"r8", "tweets", "r8 (shuffled labels)"}

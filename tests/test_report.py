@@ -76,3 +76,15 @@ def test_figures_are_png(tmp_path):
     data = open(p, "rb").read()
     assert data[:4] == b"\x89PNG" and len(data) > 5000
   assert math.isclose(rep["logme"]["kendall_tau"], 1.0)
+
+
+def test_ranking_summary_names_the_best_encoder_and_who_picked_it():
+  from ttjax.selection import rank_report
+  rows = [dict(model=m, ground_truth=dict(accuracy=a)) for m, a in (("a", 0.9), ("b", 0.8), ("c", 0.5))]
+  truth = {r["model"]: r["ground_truth"]["accuracy"] for r in rows}
+  rep = rank_report({"bound": {"a": -1.0, "b": -2.0, "c": -3.0}, "logme": {"a": 0.0, "b": 1.0, "c": 0.5},
+                     "hscore": {"a": 7.0, "b": 7.0, "c": 7.0}}, truth)
+  line = report.ranking_summary("r8", rows, rep)
+  assert line.startswith("r8: a transfers best (FT acc 0.900; b 0.800; c 0.500).")
+  assert "The bound picks a (right; weighted tau +1.00)." in line
+  assert line.endswith("0/2 scores pick it.")  # logme picks b, the saturated hscore a three-way tie

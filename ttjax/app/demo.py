@@ -32,6 +32,7 @@ DEMO_MODELS = "minilm-l6,minilm-l3,wordllama-l2-256"
 DEMO_SOURCE_LIMIT = 200  # 10 documents per class of 20 Newsgroups
 DEMO_TARGET_LIMIT = 160  # per split: R8 20 per class (fewer in its smallest test classes), tweets 80
 SHUFFLED = "r8 (shuffled)"
+DEMO_FIGURES = "ttjax_demo_figures"  # the folder the demo writes its figures into (unless --plot)
 
 
 def demo_synthetic(args) -> int:
@@ -76,11 +77,12 @@ def demo_real(args) -> int:
   names, _ = steps.score_names(args.scores, True)
   src_limit = args.limit or DEMO_SOURCE_LIMIT
   tgt_limit = args.target_limit or DEMO_TARGET_LIMIT
-  print(f"ttjax demo: frozen encoders {', '.join(models)}; source {DEMO_SOURCE} ({src_limit} train documents, "
-        f"class-stratified); targets {', '.join(DEMO_TARGETS)} ({tgt_limit} train / {tgt_limit} test documents) "
-        f"and R8 with shuffled labels (control). Bound: {config.setting}, {config.steps} full-batch steps; "
-        f"actual transfer: linear head fine-tuned on the target train split, evaluated on its test split; "
-        f"seed {args.seed}.\n")
+  print(f"ttjax demo: frozen encoders {', '.join(models)}; source {DEMO_SOURCE} ({src_limit} train / "
+        f"{args.test_limit or src_limit} test documents, class-stratified); targets {', '.join(DEMO_TARGETS)} "
+        f"({tgt_limit} train / {tgt_limit} test documents) and R8 with shuffled labels (control). Bound "
+        f"({config.space} space, {config.setting}, {config.steps} full-batch steps) and h_T learned on the train "
+        f"splits; the bound, its terms, h_T's loss and the actual transfer (linear head fine-tuned on the target "
+        f"train split) all on the test splits; seed {args.seed}.\n")
   tasks = _demo_tasks(args, models, src_limit, tgt_limit)
   targets = list(DEMO_TARGETS) + [SHUFFLED]
   rows = []
@@ -96,18 +98,22 @@ def demo_real(args) -> int:
     row["ground_truth"] = ground_truth_for(args, target, salt=i) or {}
     rows.append(row)
   bar.close()
+  trows = {t: [r for r in rows if r["target"] == tasks[r["model"]][t].name] for t in targets}
+  ranking = {}
+  for t in targets:
+    if len(models) >= 2 and t != SHUFFLED:
+      try:
+        ranking[t] = rank_rows(trows[t], names)
+      except ValueError:
+        pass
+  print("\nIn short (every number on the test splits):")
+  for t, rep in ranking.items():
+    print("  " + rp.ranking_summary(t, trows[t], rep))
   print("\nTTA bound (nats; bounds the target cross-entropy of the transformed source classifier h_T) vs the "
         "actual transfer (FT: fine-tuned linear head, test split)")
   print(rp.bound_table(rows))
-  ranking = {}
   for t in targets:
-    trows = [r for r in rows if r["target"] == tasks[r["model"]][t].name]
-    if len(models) >= 2 and t != SHUFFLED:
-      try:
-        ranking[t] = rank_rows(trows, names)
-      except ValueError:
-        pass
-    print_ranking(trows, names, f"\nscores on {tasks[models[0]][t].name} (higher = more transferable)",
+    print_ranking(trows[t], names, f"\nscores on {tasks[models[0]][t].name} (higher = more transferable)",
                   ranking.get(t), f"ranking the {len(models)} encoders on {t} (Kendall / weighted tau vs FT accuracy"
                   + ("; with 2 encoders every tau is +-1: does the score pick the better one?)" if len(models) == 2
                      else ")"))
@@ -116,12 +122,14 @@ def demo_real(args) -> int:
   def plots(d: Path):
     out = [rp.plot_bound_terms(rows, str(d / "bound_terms.png"), title="TTA bound by term: 20NG subset -> targets")]
     for t, rep in ranking.items():
-      trows = [r for r in rows if r["target"] == tasks[r["model"]][t].name]
-      out.append(rp.plot_score_scatter(trows, rep, str(d / f"scores_vs_accuracy_{t}.png"),
+      out.append(rp.plot_score_scatter(trows[t], rep, str(d / f"scores_vs_accuracy_{t}.png"),
                                        title=f"{t}: scores vs fine-tuned accuracy across encoders"))
     return out
 
+  if not getattr(args, "plot", None):
+    args.plot = DEMO_FIGURES  # the demo draws its figures by default
   write_outputs(args, "demo", rows, plot=plots, ranking=ranking)
+  print(f"figures in {Path(args.plot).resolve()}")
   return 0
 
 

@@ -30,7 +30,7 @@ from ttjax import __version__
 from ttjax.assets import atomic_file
 
 __all__ = ["SCHEMA_VERSION", "flatten", "format_value", "table", "write_json", "write_csv", "payload",
-           "bound_table", "scores_table", "ranking_table", "plot_bound_terms", "plot_score_scatter", "BOUND_COLUMNS"]
+           "bound_table", "scores_table", "ranking_table", "ranking_summary", "plot_bound_terms", "plot_score_scatter", "BOUND_COLUMNS"]
 
 SCHEMA_VERSION = 2
 
@@ -137,6 +137,24 @@ def ranking_table(report: Mapping[str, Mapping]) -> str:
           ("spearman", "spearman", "+.3f"), ("top1_regret", "top1 regret", ".3f"), ("top1_model", "top-1 pick", ""),
           ("best_model", "best (FT)", "")]
   return table(rows, cols, label=("score", "score", ""))
+
+
+def ranking_summary(target: str, rows: Sequence[Mapping], ranking: Mapping[str, Mapping]) -> str:
+  """One plain-language line per target: which encoder transfers best (fine-tuned accuracy), whether the bound
+  and how many scores pick it."""
+  by_acc = sorted(rows, key=lambda r: -r["ground_truth"]["accuracy"])
+  best = by_acc[0]["model"]
+  text = f"{target}: {best} transfers best (FT acc {by_acc[0]['ground_truth']['accuracy']:.3f}"
+  text += "".join(f"; {r['model']} {r['ground_truth']['accuracy']:.3f}" for r in by_acc[1:]) + ")."
+  if "bound" in ranking:
+    b = ranking["bound"]
+    verdict = "right" if b["top1_model"] == best else ("a tie" if " = " in b["top1_model"] else "wrong")
+    text += f" The bound picks {b['top1_model']} ({verdict}; weighted tau {b['weighted_tau']:+.2f})."
+  scores = [n for n in ranking if n != "bound"]
+  if scores:
+    right = [n for n in scores if ranking[n]["top1_model"] == best]
+    text += f" {len(right)}/{len(scores)} scores pick it" + (f": {', '.join(right)}." if right else ".")
+  return text
 
 
 def payload(command: str, results: Sequence[Mapping], *, settings: Optional[Mapping] = None, **extra) -> dict:

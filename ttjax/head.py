@@ -23,7 +23,7 @@ from ttjax import transforms as tf
 
 __all__ = [
     "LinearHead", "precompose", "logits", "cross_entropy", "gradient_norms", "fit_head", "transformed_probs",
-    "transformed_loss", "label_gradients", "tau_hat",
+    "transformed_loss", "label_gradients", "tau_hat", "transfer_metrics",
 ]
 
 _PROB_FLOOR = 1e-12
@@ -148,3 +148,13 @@ def tau_hat(head: LinearHead, params: tf.Transforms, source_z: jax.Array, source
   src = per_point(tf.feature_map(params, source_z))  # (n_s, K_t)
   carried = params.B.T[source_y] >= min_label_mass  # (n_s, K_t)
   return jnp.maximum(jnp.max(tgt), jnp.max(jnp.where(carried, src, 0.0)))
+
+
+def transfer_metrics(nll: jax.Array, probs: jax.Array, target_labels: jax.Array, head: LinearHead,
+                     source_features: jax.Array, source_labels: jax.Array) -> dict:
+  """The metrics every bound reports next to its terms: the loss of ``h_T`` (mean and max of ``nll (n_t,)``), its
+  accuracy from ``probs (n_t, K_t)``, and the accuracy of ``h_S`` on the source features ``(n_s, d)``."""
+  return dict(target_loss=jnp.mean(nll), max_target_loss=jnp.max(nll),
+              target_accuracy=jnp.mean(jnp.argmax(probs, -1) == target_labels),
+              source_accuracy=jnp.mean(jnp.argmax(logits(head, source_features), -1) == source_labels))
+

@@ -217,10 +217,7 @@ def _certified_terms_impl(params, pair, batch, head, config):
       entropy=conditional_entropy(params, batch),
       wasserstein=jnp.sum(batch.pt * class_w),
       class_wasserstein=class_w,
-      target_loss=jnp.mean(nll),
-      max_target_loss=jnp.max(nll),
-      target_accuracy=jnp.mean(jnp.argmax(probs, -1) == tgt.labels),
-      source_accuracy=jnp.mean(jnp.argmax(hd.logits(head, src.features), -1) == src.labels),
+      **hd.transfer_metrics(nll, probs, tgt.labels, head, src.features, src.labels),
       transformed_source_loss=jnp.sum(weight * t_loss),
       D=prior, B=label_map,
   )

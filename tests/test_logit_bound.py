@@ -231,3 +231,14 @@ def test_logit_range_gradient_matches_autodiff_of_its_formula():
   got = jax.grad(lambda vb: jnp.sum(jax.vmap(lambda x: ot.logit_range(u, x))(vb)))(vb)
   want = jax.grad(lambda vb: jnp.sum(jax.vmap(lambda x: formula(u, x))(vb)))(vb)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1e-8, 1e8])
+def test_the_bound_is_invariant_to_a_global_rescaling_of_the_features(tasks, scale):
+  zs, ys = np.asarray(tasks["source"].features), np.asarray(tasks["source"].labels)
+  zt, yt = np.asarray(tasks["related"].features), np.asarray(tasks["related"].labels)
+  cfg = CFG.replace(steps=20)
+  run = lambda a, b: ttjax.tta(a, ys, b, yt, key=jax.random.PRNGKey(0), config=cfg).result
+  base, scaled = run(zs, zt), run(scale * zs, scale * zt)
+  for name in ("bound", "source_loss", "entropy", "wasserstein", "target_loss"):
+    assert getattr(scaled, name) == pytest.approx(getattr(base, name), rel=2e-3, abs=2e-4), name

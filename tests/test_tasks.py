@@ -46,3 +46,15 @@ def test_standardize_matches_numpy_and_keeps_constant_feature_finite():
   task = make_task(z, y)
   assert task.num_classes == 3 and task.n == 20 and task.dim == 3
   np.testing.assert_allclose(np.asarray(task.prior), np.bincount(y) / 20)
+
+
+@pytest.mark.parametrize("scale", [1e-8, 1e-3, 1e4, 1e8])
+def test_standardize_is_invariant_to_a_global_rescaling(scale):
+  z, _ = _data()
+  z[:, 1] = 7.0  # constant at any scale: maps to 0
+  base = np.asarray(standardize(z.astype(np.float32)))
+  np.testing.assert_allclose(np.asarray(standardize((scale * z).astype(np.float32))), base, atol=2e-4)
+  assert np.all(base[:, 1] == 0.0)
+  # with a reference (a training split) as well
+  np.testing.assert_allclose(np.asarray(standardize(scale * z[:5], reference=scale * z)),
+                             np.asarray(standardize(z[:5], reference=z)), atol=2e-4)

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ttjax.tasks import Task, check_features, check_labels, make_task
+from ttjax.tasks import Task, check_features, check_labels, make_task, standardize
 
 __all__ = [
     "FinetuneResult",
@@ -402,7 +402,7 @@ def finetune_arrays(key: jax.Array, train_features, train_labels, test_features,
 
   The training task is validated with :func:`ttjax.tasks.make_task` (``K = num_classes`` or ``max label + 1``).
   With ``standardise``, both feature sets are z-scored with the *training* mean and standard deviation
-  (``(z - mu_train) / max(sigma_train, 1e-6)``), so train and test share one feature map. ``kwargs`` go to
+  (:func:`ttjax.tasks.standardize` with ``reference``), so train and test share one feature map. ``kwargs`` go to
   :func:`finetune`.
   """
   train = make_task(train_features, train_labels, num_classes=num_classes, name="train", standardise=False)
@@ -410,10 +410,8 @@ def finetune_arrays(key: jax.Array, train_features, train_labels, test_features,
   yt = _check_test_labels(test_labels, zt.shape[0], train.num_classes)
   zt = jnp.asarray(zt, train.features.dtype)
   if standardise:
-    mean = jnp.mean(train.features, axis=0)
-    std = jnp.maximum(jnp.std(train.features, axis=0), 1e-6)
-    train = Task(features=(train.features - mean) / std, labels=train.labels, num_classes=train.num_classes)
-    zt = (zt - mean) / std
+    zt = standardize(zt, reference=train.features)
+    train = Task(features=standardize(train.features), labels=train.labels, num_classes=train.num_classes)
   # Test tasks may lack classes, so they are not built with make_task (which requires every class).
   test = Task(features=zt, labels=jnp.asarray(yt), num_classes=int(yt.max()) + 1 if yt.size else 1)
   return finetune(key, train, test, **kwargs)

@@ -73,15 +73,20 @@ def check_labels(labels, n: int, *, num_classes: Optional[int] = None, name: str
 
 
 def standardize(features: jax.Array, eps: float = 1e-6, *, reference: Optional[jax.Array] = None) -> jax.Array:
-  """Per-feature z-score ``(z - mean) / max(std, eps)`` over the rows of ``features (n, d)``, with the mean and
-  standard deviation of ``reference`` (e.g. the training split) when given, else of ``features``.
+  """Per-feature z-score ``(z - mean) / std`` over the rows of ``features (n, d)``, with the mean and standard
+  deviation of ``reference`` (e.g. the training split) when given, else of ``features``.
 
-  A constant feature maps to 0 instead of dividing by zero.
+  A feature whose std is at most ``eps`` times the largest feature std is constant for this purpose and maps to
+  0 (no division by ~0). The floor is relative, so the result does not change when all features are rescaled by
+  one factor (an absolute floor made ``1e-8 * z`` a different task).
   """
   ref = features if reference is None else reference
-  mean = jnp.mean(ref, axis=0)
-  std = jnp.std(ref, axis=0)
-  return (features - mean) / jnp.maximum(std, eps)
+  shift = ref[0]  # statistics of ref - ref[0]: exact for a constant feature, no cancellation at large offsets
+  centred = features - shift
+  mean = jnp.mean(ref - shift, axis=0)
+  std = jnp.std(ref - shift, axis=0)
+  informative = std > eps * jnp.max(std)
+  return jnp.where(informative, (centred - mean) / jnp.where(informative, std, 1.0), 0.0)
 
 
 def class_prior(labels: jax.Array, num_classes: int) -> jax.Array:

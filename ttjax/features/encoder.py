@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttjax.progress import progress
+from ttjax.progress import progress as progress_bar
 
 __all__ = ["Encoder", "extract", "fingerprint", "feature_options", "pad_rows", "resolve_dtype", "masked_mean"]
 
@@ -115,7 +115,7 @@ def extract(encoder: Encoder, inputs, *, progress: Optional[bool] = None, desc: 
   show = steps > 8 if progress is None else progress
   bar = None
   if show:
-    bar = progress(total=n, desc=desc or f"features[{encoder.name}]", unit="ex")
+    bar = progress_bar(total=n, desc=desc or f"features[{encoder.name}]", unit="ex")
   outs = []
   try:
     for s in range(steps):

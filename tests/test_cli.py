@@ -245,3 +245,29 @@ def test_progress_in_a_log_is_one_line_per_finished_item(capsys):
   assert lines[0].startswith("demo: [1/2] pair a") and lines[1].startswith("demo: [2/2] pair b")
   assert lines[2].startswith("features[m]: 5 ex")
   assert progress([1], disable=True).disable  # --quiet: a disabled tqdm bar, prints nothing
+
+
+@pytest.mark.parametrize("option", [["--steps", "0"], ["--steps", "-3"], ["--batch-size", "-5"], ["--limit", "0"],
+                                    ["--tau", "inf"], ["--tau", "0"], ["--finetune-steps", "x"]])
+def test_bad_numeric_options_are_refused_before_any_work(npz, capsys, option):
+  with pytest.raises(SystemExit) as e:
+    cli.main(["bound", "--source", str(npz / "src.npz"), "--target", str(npz / "tgt.npz"), *option])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert option[0] in err and ("between" in err or "integer" in err or "number" in err)
+
+
+def test_constant_features_are_an_error_not_a_score(tmp_path, capsys):
+  np.savez(tmp_path / "flat.npz", features=np.zeros((40, 4)), labels=np.repeat(np.arange(2), 20))
+  for command in (["score", "--target", str(tmp_path / "flat.npz"), "--no-ground-truth"],
+                  ["bound", "--source", str(tmp_path / "flat.npz"), "--target", str(tmp_path / "flat.npz")]):
+    with pytest.raises(SystemExit, match="feature columns is constant"):
+      cli.main(command)
+
+
+def test_score_exits_non_zero_when_no_score_could_be_computed(npz, capsys, monkeypatch):
+  from ttjax.app import steps
+  monkeypatch.setattr(steps, "compute_scores", lambda *a, **k: ({}, {"logme": "not finite (nan)"}))
+  with pytest.raises(SystemExit, match="no score could be computed"):
+    cli.main(["score", "--target", str(npz / "tgt.npz"), "--scores", "logme", "--no-ground-truth"])
+  assert "failed: not finite" in capsys.readouterr().out

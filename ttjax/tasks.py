@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Task", "check_features", "check_labels", "make_task", "standardize", "class_prior"]
+__all__ = ["Task", "check_features", "check_labels", "check_not_constant", "make_task", "standardize", "class_prior"]
 
 
 def check_features(features, *, name: str = "features", dim: Optional[int] = None) -> np.ndarray:
@@ -126,6 +126,16 @@ class Task:
     return np.bincount(np.asarray(self.labels), minlength=self.num_classes)
 
 
+def check_not_constant(features: np.ndarray, *, name: str = "features") -> None:
+  """Raise ``ValueError`` when every column of ``features (n, d)`` (``n >= 2``) is constant: a collapsed
+  representation carries no information, and every bound or score of it would be a meaningless number (e.g.
+  H-score 0, kNN at chance, a bound with nothing to transport) rather than an error."""
+  z = np.asarray(features)
+  if z.ndim == 2 and z.shape[0] >= 2 and z.size and np.all(z.max(axis=0) == z.min(axis=0)):
+    raise ValueError(f"{name}: every one of the {z.shape[1]} feature columns is constant (a collapsed "
+                     "representation: nothing to learn or transfer); check the encoder output or the file")
+
+
 def make_task(features, labels, *, num_classes: Optional[int] = None, name: str = "task",
               standardise: bool = True, min_classes: int = 2, dim: Optional[int] = None,
               dtype=jnp.float32) -> Task:
@@ -133,9 +143,10 @@ def make_task(features, labels, *, num_classes: Optional[int] = None, name: str 
 
   Raises ``ValueError`` for: a non-2-D feature array, NaN/inf, a feature dimension other than ``dim``, labels of
   the wrong length or type, labels out of range, a class in ``[0, K)`` with no sample, fewer than ``min_classes``
-  classes (a one-class task).
+  classes (a one-class task), constant features (:func:`check_not_constant`).
   """
   z = check_features(features, name=f"{name} features", dim=dim)
+  check_not_constant(z, name=f"{name} features")
   y, k = check_labels(labels, z.shape[0], num_classes=num_classes, name=f"{name} labels",
                       min_classes=min_classes)
   zj = jnp.asarray(z, dtype=dtype)

@@ -231,6 +231,8 @@ def cmd_score(args) -> int:
     print(f"actual transfer (fine-tuned linear head): test accuracy {gt['accuracy']:.4f}, test loss "
           f"{gt['loss']:.4f} [{gt['n_train']} train / {gt['n_test']} test]")
   write_outputs(args, "score", [row])
+  if names and not row["scores"]:
+    fail(f"no score could be computed for {target.name} (see the reasons above)")
   return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from ttjax.app.commands import cmd_bound, cmd_features, cmd_rank, cmd_score
 from ttjax.app.demo import DEMO_MODELS, DEMO_SOURCE_LIMIT, DEMO_TARGET_LIMIT, cmd_demo
@@ -11,23 +12,51 @@ from ttjax.transforms import SETTINGS
 __all__ = ["build_parser"]
 
 
+def _int_at_least(low: int, high: int = 10 ** 7):
+  """An argparse type: an integer in ``[low, high]``, else a one-line error naming the bounds."""
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not low <= value <= high:
+      raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+    return value
+  parse.__name__ = f"integer >= {low}"
+  return parse
+
+
+def _positive_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+  if not (value > 0 and math.isfinite(value)):
+    raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+  return value
+
+
+POSITIVE = _int_at_least(1)
+NON_NEGATIVE = _int_at_least(0)
+
+
 def _add_bound_options(p):
   g = p.add_argument_group("bound")
   g.add_argument("--setting", default="learned_all", choices=list(SETTINGS))
-  g.add_argument("--steps", type=int, default=None, help="optimisation steps (default 500; demo/rank 300)")
-  g.add_argument("--batch-size", type=int, default=0, help="points per step per side; 0 = full batch (default)")
-  g.add_argument("--tau", type=float, default=None,
+  g.add_argument("--steps", type=POSITIVE, default=None, help="optimisation steps (default 500; demo/rank 300)")
+  g.add_argument("--batch-size", type=NON_NEGATIVE, default=0, help="points per step per side; 0 = full batch (default)")
+  g.add_argument("--tau", type=_positive_float, default=None,
                  help="Lipschitz target of the source head (default 2/sqrt(d), d the feature dimension)")
 
 
 def _add_task_options(p, *, limit_help="class-stratified row limit per task and split (default: all)"):
   g = p.add_argument_group("tasks")
-  g.add_argument("--limit", type=int, default=None, help=limit_help)
-  g.add_argument("--test-limit", type=int, default=None, help="row limit of test splits (default: --limit)")
+  g.add_argument("--limit", type=POSITIVE, default=None, help=limit_help)
+  g.add_argument("--test-limit", type=POSITIVE, default=None, help="row limit of test splits (default: --limit)")
   g.add_argument("--seed", type=int, default=0, help="seed of subsets, heads, bound and fine-tuning (default 0)")
   g.add_argument("--data-dir", default=None, help="tfds data_dir for datasets other than the built-in ones")
-  g.add_argument("--max-length", type=int, default=None, help="text encoders: max tokens (default: the model's)")
-  g.add_argument("--finetune-steps", type=int, default=300, help="ground truth: AdamW steps (default 300)")
+  g.add_argument("--max-length", type=POSITIVE, default=None, help="text encoders: max tokens (default: the model's)")
+  g.add_argument("--finetune-steps", type=POSITIVE, default=300, help="ground truth: AdamW steps (default 300)")
   g.add_argument("--no-ground-truth", action="store_true", help="skip the fine-tuning ground truth")
   g.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -100,10 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--dataset", required=True, help="built-in dataset (20ng, r8, tweets, 20ng:comp-vs-rec ...) or "
                  "tfds name with --data-dir")
   p.add_argument("--split", default="train", help="train, test or all (default train)")
-  p.add_argument("--limit", type=int, default=None, help="class-stratified row limit (default: the whole split)")
+  p.add_argument("--limit", type=POSITIVE, default=None, help="class-stratified row limit (default: the whole split)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--data-dir", default=None)
-  p.add_argument("--max-length", type=int, default=None)
+  p.add_argument("--max-length", type=POSITIVE, default=None)
   p.add_argument("--out", help="also write features, labels, class_names to this .npz")
   p.add_argument("--quiet", action="store_true")
   p.set_defaults(func=cmd_features)
@@ -118,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--synthetic", action="store_true", help="the built-in synthetic demo (no assets)")
   p.add_argument("--models", default=DEMO_MODELS, help=f"encoders (default {DEMO_MODELS})")
   p.add_argument("--scores", default="all", help="'all' or comma-separated names")
-  p.add_argument("--target-limit", type=int, default=None, help=f"target rows per split (default "
+  p.add_argument("--target-limit", type=POSITIVE, default=None, help=f"target rows per split (default "
                  f"{DEMO_TARGET_LIMIT})")
   _add_groups(p, cmd_demo, limit_help=f"source rows (default {DEMO_SOURCE_LIMIT})")
   return ap

@@ -24,7 +24,7 @@ from ttjax.data import train_test_split
 from ttjax.finetune import finetune_arrays
 from ttjax.head import fit_head, logits
 from ttjax.scores import get_score, list_scores, score
-from ttjax.tasks import standardize
+from ttjax.tasks import check_not_constant, standardize
 
 __all__ = ["ground_truth", "source_probs", "compute_scores", "bound_row", "score_names", "SOURCE_SCORES",
            "shuffled"]
@@ -107,6 +107,10 @@ def compute_scores(key: jax.Array, target: TaskData, names: Sequence[str], sourc
   here when not given), OTCE its features and labels. A score that fails (e.g. too few samples per class for its
   estimator) is reported in the second dict, not raised.
   """
+  try:
+    check_not_constant(target.features, name=f"{target.name}: features")
+  except ValueError as e:
+    raise TaskError(str(e)) from None
   z, y = standardize(jnp.asarray(target.features, jnp.float32)), np.asarray(target.labels)
   values, errors = {}, {}
   extra = {}

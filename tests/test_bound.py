@@ -11,17 +11,8 @@ from ttjax import bound as bd, synthetic as syn, terms as tm, transforms as tf
 from ttjax.sampling import full_batch, make_pair
 from ttjax.tasks import make_task
 
-K, D, N = 4, 8, 400
+K, D, N = 4, 8, 400  # as the shared `tasks` fixture (conftest.py)
 CFG = bd.BoundConfig(steps=1500, batch_size=None, space="feature", holdout=0.0)
-
-
-@pytest.fixture(scope="module")
-def tasks():
-  zs, ys = syn.clustered(jax.random.PRNGKey(0), N, D, K, separation=6.0)
-  zt, yt, perm = syn.related_target(jax.random.PRNGKey(1), zs, ys, K, shift=1.0)
-  y_rand = np.asarray(jax.random.permutation(jax.random.PRNGKey(5), yt))
-  return dict(source=make_task(zs, ys, name="source"), related=make_task(zt, yt, name="target"),
-              random=make_task(zt, y_rand, name="target"), perm=perm)
 
 
 @pytest.fixture(scope="module")

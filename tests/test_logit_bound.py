@@ -10,7 +10,7 @@ import ttjax
 from ttjax import batch as bt, bound as bd, large as lg, logit_bound as lb, ot, synthetic as syn
 from ttjax.tasks import make_task
 
-K, D, N = 4, 8, 400
+K, D, N = 4, 8, 400  # as the shared `tasks` fixture (conftest.py)
 CFG = bd.BoundConfig(steps=150, batch_size=None, head_steps=100)
 
 
@@ -59,15 +59,6 @@ def test_logit_range_matches_its_formula():
   u, v = rng.normal(size=(5, 3)), rng.normal(size=(7, 3))
   want = np.array([[np.ptp(vj - ui) for vj in v] for ui in u])
   np.testing.assert_allclose(np.asarray(ot.logit_range(jnp.asarray(u), jnp.asarray(v))), want, rtol=1e-6)
-
-
-@pytest.fixture(scope="module")
-def tasks():
-  zs, ys = syn.clustered(jax.random.PRNGKey(0), N, D, K, separation=6.0)
-  zt, yt, _ = syn.related_target(jax.random.PRNGKey(1), zs, ys, K, shift=1.0)
-  y_rand = np.asarray(jax.random.permutation(jax.random.PRNGKey(5), yt))
-  return dict(source=make_task(zs, ys, name="source"), related=make_task(zt, yt, name="target"),
-              random=make_task(zt, y_rand, name="target"))
 
 
 @pytest.fixture(scope="module")

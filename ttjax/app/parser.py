@@ -12,32 +12,23 @@ from ttjax.transforms import SETTINGS
 __all__ = ["build_parser"]
 
 
-def _int_at_least(low: int, high: int = 10 ** 7):
-  """An argparse type: an integer in ``[low, high]``, else a one-line error naming the bounds."""
-  def parse(text: str) -> int:
+def _checked(cast, kind: str, ok, bounds: str):
+  """An argparse type: ``cast(text)`` that satisfies ``ok``, else a one-line error naming the bounds."""
+  def parse(text: str):
     try:
-      value = int(text)
+      value = cast(text)
     except ValueError:
-      raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not low <= value <= high:
-      raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+      raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+    if not ok(value):
+      raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
     return value
-  parse.__name__ = f"integer >= {low}"
+  parse.__name__ = kind  # argparse names the type in its message
   return parse
 
 
-def _positive_float(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-  if not (value > 0 and math.isfinite(value)):
-    raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-  return value
-
-
-POSITIVE = _int_at_least(1)
-NON_NEGATIVE = _int_at_least(0)
+POSITIVE = _checked(int, "an integer", lambda v: 1 <= v <= 10 ** 7, "between 1 and 10000000")
+NON_NEGATIVE = _checked(int, "an integer", lambda v: 0 <= v <= 10 ** 7, "between 0 and 10000000")
+POSITIVE_FLOAT = _checked(float, "a number", lambda v: v > 0 and math.isfinite(v), "a finite number > 0")
 
 
 def _add_bound_options(p):
@@ -45,7 +36,7 @@ def _add_bound_options(p):
   g.add_argument("--setting", default="learned_all", choices=list(SETTINGS))
   g.add_argument("--steps", type=POSITIVE, default=None, help="optimisation steps (default 500; demo/rank 300)")
   g.add_argument("--batch-size", type=NON_NEGATIVE, default=0, help="points per step per side; 0 = full batch (default)")
-  g.add_argument("--tau", type=_positive_float, default=None,
+  g.add_argument("--tau", type=POSITIVE_FLOAT, default=None,
                  help="Lipschitz target of the source head (default 2/sqrt(d), d the feature dimension)")
 
 

@@ -82,11 +82,10 @@ def standardize(features: jax.Array, eps: float = 1e-6, *, reference: Optional[j
   """
   ref = features if reference is None else reference
   shift = ref[0]  # statistics of ref - ref[0]: exact for a constant feature, no cancellation at large offsets
-  centred = features - shift
-  mean = jnp.mean(ref - shift, axis=0)
-  std = jnp.std(ref - shift, axis=0)
+  ref_centred = ref - shift
+  mean, std = jnp.mean(ref_centred, axis=0), jnp.std(ref_centred, axis=0)
   informative = std > eps * jnp.max(std)
-  return jnp.where(informative, (centred - mean) / jnp.where(informative, std, 1.0), 0.0)
+  return jnp.where(informative, (features - shift - mean) / jnp.where(informative, std, 1.0), 0.0)
 
 
 def class_prior(labels: jax.Array, num_classes: int) -> jax.Array:

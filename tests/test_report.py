@@ -88,3 +88,11 @@ def test_ranking_summary_names_the_best_encoder_and_who_picked_it():
   assert line.startswith("r8: a transfers best (FT acc 0.900; b 0.800; c 0.500).")
   assert "The bound picks a (right; weighted tau +1.00)." in line
   assert line.endswith("0/2 scores pick it.")  # logme picks b, the saturated hscore a three-way tie
+
+
+def test_transport_legend_names_the_constant():
+  certified = [{"lipschitz": "certified"}, {"lipschitz": "certified"}]
+  measured = [{"lipschitz": "measured"}]
+  assert "certified" in report.transport_label(certified) and "hat" not in report.transport_label(certified)
+  assert "measured" in report.transport_label(measured) and r"\hat\tau" in report.transport_label(measured)
+  assert "certified" in report.transport_label(certified + measured)

@@ -30,7 +30,7 @@ from ttjax import __version__
 from ttjax.assets import atomic_file
 
 __all__ = ["SCHEMA_VERSION", "flatten", "format_value", "table", "write_json", "write_csv", "payload",
-           "bound_table", "scores_table", "ranking_table", "ranking_summary", "plot_bound_terms", "plot_score_scatter", "BOUND_COLUMNS"]
+           "bound_table", "scores_table", "ranking_table", "ranking_summary", "transport_label", "plot_bound_terms", "plot_score_scatter", "BOUND_COLUMNS"]
 
 SCHEMA_VERSION = 2
 
@@ -206,8 +206,18 @@ def _save(plt, fig, path: str) -> str:
   return path
 
 
+def transport_label(rows: Sequence[Mapping]) -> str:
+  """Legend of the transport term: ``tau_hat * W`` names a measured constant, the certified logit-space bound's
+  constant is the proven Lipschitz constant 1 of the cross-entropy in the range cost."""
+  if rows and all(r.get("lipschitz") == "certified" for r in rows):
+    return "W (logit-range transport; Lipschitz constant 1, certified)"
+  if any(r.get("lipschitz") == "certified" for r in rows):
+    return r"$\tau \cdot W$ ($\tau$ = 1 certified, or measured $\hat\tau$)"
+  return r"$\hat\tau \cdot W$ ($\hat\tau$ measured)"
+
+
 def plot_bound_terms(rows: Sequence[Mapping], path: str, *, title: str = "TTA bound by term") -> str:
-  """Stacked bars of the bound's terms (weighted source loss, H(B|D), tau_hat * W) per pair, with the fine-tuned
+  """Stacked bars of the bound's terms (weighted source loss, H(B|D), the transport term) per pair, with the fine-tuned
   test loss (ground truth) and the transformed classifier's target loss as markers."""
   plt = _plt()
   rows = list(rows)
@@ -219,7 +229,7 @@ def plot_bound_terms(rows: Sequence[Mapping], path: str, *, title: str = "TTA bo
   fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(rows) + 5), 4.8))
   ax.bar(x, src, 0.6, label="weighted source loss", color="#4c72b0")
   ax.bar(x, ent, 0.6, bottom=src, label="H(B | D) (label map)", color="#dd8452")
-  ax.bar(x, tw, 0.6, bottom=src + ent, label=r"$\hat\tau \cdot W$", color="#55a868")
+  ax.bar(x, tw, 0.6, bottom=src + ent, label=transport_label(rows), color="#55a868")
   for i, r in enumerate(rows):
     ax.text(i, src[i] + ent[i] + tw[i], f"{r['bound']:.2f}", ha="center", va="bottom", fontsize=8)
   ft = [r.get("ground_truth", {}).get("loss") if isinstance(r.get("ground_truth"), Mapping) else None for r in rows]

@@ -24,13 +24,15 @@ from ttjax.assets import AssetUnavailableError
 from ttjax.progress import progress
 
 __all__ = ["cmd_demo", "demo_real", "demo_synthetic", "DEMO_SOURCE", "DEMO_TARGETS", "DEMO_MODELS",
-           "DEMO_SOURCE_LIMIT", "DEMO_TARGET_LIMIT"]
+           "DEMO_SOURCE_LIMIT", "DEMO_TARGET_LIMIT",
+           "DEMO_TARGET_TEST_LIMIT"]
 
 DEMO_SOURCE = "20ng"
 DEMO_TARGETS = ("r8", "tweets")
 DEMO_MODELS = "minilm-l6,minilm-l3,wordllama-l2-256"
 DEMO_SOURCE_LIMIT = 200  # 10 documents per class of 20 Newsgroups
-DEMO_TARGET_LIMIT = 160  # per split: R8 20 per class (fewer in its smallest test classes), tweets 80
+DEMO_TARGET_LIMIT = 400  # train rows: more than every encoder's width (n > d), so covariance scores are informative
+DEMO_TARGET_TEST_LIMIT = 160  # test rows: R8 20 per class (fewer in its smallest test classes), tweets 80
 SHUFFLED = "r8 (shuffled)"
 DEMO_FIGURES = "ttjax_demo_figures"  # the folder the demo writes its figures into (unless --plot)
 
@@ -57,13 +59,13 @@ def demo_synthetic(args) -> int:
   return 0
 
 
-def _demo_tasks(args, models, src_limit: int, tgt_limit: int) -> dict:
+def _demo_tasks(args, models, src_limit: int, tgt_limit: int, tgt_test_limit: int) -> dict:
   """``{model: {"source" | target: TaskData}}``: the features (the only slow step of a first run; cached)."""
   tasks = {}
   for model in models:
     tasks[model] = {"source": resolve(args, DEMO_SOURCE, model, with_test=True, limit=src_limit)}
     for t in DEMO_TARGETS:
-      tasks[model][t] = resolve_task(t, model, limit=tgt_limit, test_limit=tgt_limit, seed=args.seed,
+      tasks[model][t] = resolve_task(t, model, limit=tgt_limit, test_limit=tgt_test_limit, seed=args.seed,
                                      progress=not args.quiet, max_length=args.max_length)
     tasks[model][SHUFFLED] = steps.shuffled(tasks[model]["r8"], args.seed)
   return tasks
@@ -77,13 +79,14 @@ def demo_real(args) -> int:
   names, _ = steps.score_names(args.scores, True)
   src_limit = args.limit or DEMO_SOURCE_LIMIT
   tgt_limit = args.target_limit or DEMO_TARGET_LIMIT
+  tgt_test_limit = args.target_test_limit or DEMO_TARGET_TEST_LIMIT
   print(f"ttjax demo: frozen encoders {', '.join(models)}; source {DEMO_SOURCE} ({src_limit} train / "
         f"{args.test_limit or src_limit} test documents, class-stratified); targets {', '.join(DEMO_TARGETS)} "
-        f"({tgt_limit} train / {tgt_limit} test documents) and R8 with shuffled labels (control). Bound "
+        f"({tgt_limit} train / {tgt_test_limit} test documents) and R8 with shuffled labels (control). Bound "
         f"({config.space} space, {config.setting}, {config.steps} full-batch steps) and h_T learned on the train "
         f"splits; the bound, its terms, h_T's loss and the actual transfer (linear head fine-tuned on the target "
         f"train split) all on the test splits; seed {args.seed}.\n")
-  tasks = _demo_tasks(args, models, src_limit, tgt_limit)
+  tasks = _demo_tasks(args, models, src_limit, tgt_limit, tgt_test_limit)
   targets = list(DEMO_TARGETS) + [SHUFFLED]
   rows = []
   bar = progress([(m, t) for m in models for t in targets], desc="demo", unit="pair", disable=args.quiet)

@@ -6,7 +6,7 @@ import argparse
 import math
 
 from ttjax.app.commands import cmd_bound, cmd_features, cmd_rank, cmd_score
-from ttjax.app.demo import DEMO_MODELS, DEMO_SOURCE_LIMIT, DEMO_TARGET_LIMIT, cmd_demo
+from ttjax.app.demo import DEMO_MODELS, DEMO_SOURCE_LIMIT, DEMO_TARGET_LIMIT, DEMO_TARGET_TEST_LIMIT, cmd_demo
 from ttjax.transforms import SETTINGS
 
 __all__ = ["build_parser"]
@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--synthetic", action="store_true", help="the built-in synthetic demo (no assets)")
   p.add_argument("--models", default=DEMO_MODELS, help=f"encoders (default {DEMO_MODELS})")
   p.add_argument("--scores", default="all", help="'all' or comma-separated names")
-  p.add_argument("--target-limit", type=POSITIVE, default=None, help=f"target rows per split (default "
+  p.add_argument("--target-limit", type=POSITIVE, default=None, help=f"target train rows (default "
                  f"{DEMO_TARGET_LIMIT})")
+  p.add_argument("--target-test-limit", type=POSITIVE, default=None, help=f"target test rows (default "
+                 f"{DEMO_TARGET_TEST_LIMIT})")
   _add_groups(p, cmd_demo, limit_help=f"source rows (default {DEMO_SOURCE_LIMIT})")
   return ap

@@ -19,7 +19,7 @@ from ttjax.tasks import check_features, check_labels
 
 __all__ = [
     "is_traced", "prepare", "prepare_probs", "probs_stats", "check_probs_stats", "float_dtype", "one_hot",
-    "class_stats", "eigh_desc", "pinv_eigh", "pca_project", "safe_log", "pick",
+    "class_stats", "eigh_desc", "pinv_eigh", "pca_project", "safe_log", "pick", "run_float64",
 ]
 
 
@@ -31,6 +31,21 @@ def is_traced(*xs) -> bool:
 def float_dtype(x) -> jnp.dtype:
   """Float dtype for computation: at least float32, float64 only when the input is float64 and x64 is on."""
   return jnp.result_type(jnp.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype, jnp.float32)
+
+
+def run_float64(kernel, *arrays, **static):
+  """``kernel(*arrays, **static)`` computed in float64, for scores whose reference code runs in float64.
+
+  Host (non-traced) inputs: floating arrays are cast to float64 and the kernel runs inside a ``jax.enable_x64``
+  scope local to this call (x64 need not be on globally); the result is a float64 array. Under the caller's
+  ``jit``/``vmap`` the precision cannot be switched, so the kernel runs in the inputs' dtype.
+  """
+  if is_traced(*arrays):
+    return kernel(*arrays, **static)
+  with jax.enable_x64(True):
+    cast = [jnp.asarray(a, jnp.float64) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else jnp.asarray(a)
+            for a in arrays]
+    return kernel(*cast, **static)
 
 
 def prepare(features, labels, num_classes: Optional[int], *, name: str,

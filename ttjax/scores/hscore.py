@@ -80,7 +80,9 @@ def _reg_hscore_kernel(z: jax.Array, y: jax.Array, num_classes: int, rcond: Opti
   alpha, emp = ledoit_wolf_shrinkage(zc)
   mu = jnp.trace(emp) / d
   w, v = eigh_desc((1.0 - alpha) * emp + alpha * mu * jnp.eye(d, dtype=z.dtype))
-  return (1.0 - alpha) * _between_term(zc, y, num_classes, v, pinv_eigh(w, rcond))
+  n = z.shape[0]
+  between_unbiased = n / (n - 1.0)  # the reference's np.cov (1/(n-1)) of the class means; Ledoit-Wolf uses 1/n
+  return between_unbiased * (1.0 - alpha) * _between_term(zc, y, num_classes, v, pinv_eigh(w, rcond))
 
 
 def regularized_hscore(features, labels, *, num_classes: Optional[int] = None,
@@ -92,7 +94,11 @@ def regularized_hscore(features, labels, *, num_classes: Optional[int] = None,
   ``Sigma_f^(alpha) = (1 - alpha) S + alpha (tr(S)/d) I`` and its optimal ``alpha``
   (:func:`ledoit_wolf_shrinkage`); the between-class covariance is shrunk by the same ``(1 - alpha)``. With
   ``alpha > 0`` the covariance is well conditioned even for ``n << d``, which is where the plain H-score is
-  unstable. Covariances use ``1/n``. Higher is better.
+  unstable. Higher is better.
+
+  Follows thuml/Transfer-Learning-Library ``tllib/ranking/hscore.py``, ``regularized_h_score``: its Ledoit-Wolf
+  covariance (scikit-learn's) is the ``1/n`` empirical covariance, while ``cov(E[f|y])`` is ``np.cov``'s
+  ``1/(n-1)``; we keep that mix, so the score is ``n/(n-1)`` times the all-``1/n`` formula above.
 
   Args / returns: as :func:`hscore`.
   """

@@ -8,8 +8,14 @@ kernel after host-side validation, and can be called directly (``ttjax.scores.lo
   ttjax.scores.score("otce", Z, y, source_features=Zs, source_labels=ys)
 
 Label-based (features + labels): ``hscore``, ``regularized_hscore``, ``logme``, ``transrate``, ``gbc``, ``parc``,
-``sfda``, ``ncc``, ``knn``, ``disco``, ``nleep`` (uses a PRNG ``key``). Source-based: ``leep``, ``nce`` (need
-``source_probs``), ``otce`` (needs ``source_features`` and ``source_labels``).
+``sfda``, ``ncc``, ``knn``, ``disco``, ``nleep`` (uses a PRNG ``key``; its "source" is a Gaussian mixture fitted to
+the target features, so it needs no source model). Source-based: ``leep``, ``nce`` (need ``source_probs``, a
+pre-trained source classifier's probabilities on the target inputs: a real classifier head, or a linear head
+trained on a labelled source task by ``ttjax.app.steps.source_probs``), ``otce`` (needs ``source_features`` and
+``source_labels``). Calling these through :func:`score` without them raises a ``ValueError`` that says so.
+
+Each score's docstring names the reference implementation it follows (repository, file, function) and any
+``reference=True``-style variant.
 
 jit / vmap: the plain functions skip validation when given tracers, so
 ``jax.vmap(lambda z, y: logme(z, y, num_classes=K))(Zs, ys)`` scores a batch of same-shape tasks. Static
@@ -40,6 +46,15 @@ __all__ = [
 ]
 
 INPUTS = ("source_probs", "source_features", "source_labels")
+
+# What each source input is and where to get it, for the error raised when a score needs it.
+_HOW_TO_GET = {
+    "source_probs": ("the (n, K_s) softmax outputs of a pre-trained source classifier on the target inputs: "
+                     "apply a real classifier head (the model's own), or train a linear head on a labelled source "
+                     "task with ttjax.app.steps.source_probs(key, source_task, target_features)"),
+    "source_features": "(m, d) features of a labelled source task, in the same feature space as the target",
+    "source_labels": "(m,) integer labels of those source samples",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +141,9 @@ def score(name: str, features, labels, *, source_probs=None, source_features=Non
   given = dict(source_probs=source_probs, source_features=source_features, source_labels=source_labels)
   missing = [r for r in spec.requires if given[r] is None]
   if missing:
+    how = "; ".join(f"{m}: {_HOW_TO_GET[m]}" for m in missing)
     raise ValueError(f"score {spec.name!r} needs {', '.join(missing)}; pass "
-                     f"{', '.join(f'{m}=...' for m in missing)}")
+                     f"{', '.join(f'{m}=...' for m in missing)} ({how})")
   extra = {r: given[r] for r in spec.requires}
   if spec.uses_key:
     extra["key"] = key

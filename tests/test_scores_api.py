@@ -61,6 +61,12 @@ def test_missing_source_inputs_raise(name, missing):
     S.score(name, Z, Y)
 
 
+@pytest.mark.parametrize("name", ["leep", "nce"])
+def test_missing_source_classifier_says_how_to_get_one(name):
+  with pytest.raises(ValueError, match=r"pre-trained source classifier.*ttjax\.app\.steps\.source_probs"):
+    S.score(name, Z, Y)
+
+
 def test_name_lookup_is_forgiving_and_score_returns_float():
   v = S.score("N-LEEP", Z, Y, key=jax.random.key(1))
   assert isinstance(v, float)
@@ -112,7 +118,7 @@ def test_logme_invariant_to_feature_scale(c):
 def test_scores_ranges():
   assert 0.0 <= run("ncc", Z, Y) <= 1.0 and 0.0 <= run("knn", Z, Y) <= 1.0
   assert 0.0 < run("sfda", Z, Y) <= 1.0 and 0.0 <= run("disco", Z, Y) <= 1.0
-  assert -1.0 <= run("parc", Z, Y) <= 1.0
+  assert -100.0 <= run("parc", Z, Y) <= 100.0  # 100 rho, the reference code's scale
   assert 0.0 <= run("hscore", Z, Y) <= K - 1 + 1e-4
   assert run("gbc", Z, Y) <= 0.0 and run("leep", Z, Y) <= 0.0 and run("nce", Z, Y) <= 0.0
 

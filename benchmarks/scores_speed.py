@@ -56,7 +56,7 @@ def np_reg_hscore(z, y):
   f = z - z.mean(0)
   lw = LedoitWolf(assume_centered=False).fit(f)
   g = np_class_means(f, y, y.max() + 1)[y]
-  covg = np.cov(g, rowvar=False, bias=True)
+  covg = np.cov(g, rowvar=False)  # tllib: np.cov's 1/(n-1)
   return np.trace(np.linalg.pinv(lw.covariance_, rcond=1e-15) @ ((1 - lw.shrinkage_) * covg))
 
 
@@ -105,17 +105,17 @@ def np_pca(z, dim):
 
 
 def np_gbc(z, y, dim=64):
+  """stable_transfer get_gbc_score (spherical, variances floored at 1e-4) on exact PCA-64 features."""
   x = np_pca(z, dim)
   k = y.max() + 1
   mu = np.stack([x[y == c].mean(0) for c in range(k)])
-  var = np.stack([x[y == c].var(0) for c in range(k)])
+  var = np.stack([np.maximum(x[y == c].var(0), 1e-4) for c in range(k)]).mean(1)
   total = 0.0
   for i in range(k):
     for j in range(k):
       if i != j:
         s = (var[i] + var[j]) / 2
-        db = np.sum((mu[i] - mu[j]) ** 2 / s) / 8 + 0.5 * (
-            np.sum(np.log(s)) - 0.5 * np.sum(np.log(var[i])) - 0.5 * np.sum(np.log(var[j])))
+        db = np.sum((mu[i] - mu[j]) ** 2 / s) / 8 + 0.5 * (np.log(s) - 0.5 * np.log(var[i]) - 0.5 * np.log(var[j]))
         total += np.exp(-db)
   return -total
 
@@ -124,12 +124,13 @@ def np_parc(z, y, dim=32):
   x = np_pca(z, dim)
   x = (x - x.mean(0)) / x.std(0)
   rdm1 = 1 - np.corrcoef(x)
-  rdm2 = 1 - np.corrcoef(np.eye(y.max() + 1)[y])
+  rdm2 = (y[:, None] != y[None, :]).astype(np.float64)  # clean labels, as ttjax's default
   tri = np.tril_indices(len(y), -1)
-  return scipy.stats.spearmanr(rdm1[tri], rdm2[tri])[0]
+  return 100 * scipy.stats.spearmanr(rdm1[tri], rdm2[tri])[0]
 
 
 def np_sfda(z, y):
+  """TencentARC/SFDA SFDA_Score steps (float64, generalised eigh)."""
   def iterative_a(a, iters=3):
     x = a.sum(axis=1)
     for _ in range(iters):
@@ -139,28 +140,34 @@ def np_sfda(z, y):
       x = t / np.linalg.norm(t)
     return x @ a @ yy
 
-  def fit_predict(x, y):
-    k = y.max() + 1
+  def shrink(c, lam):
+    return (1 - lam) * c + lam * np.trace(c) / c.shape[0] * np.eye(c.shape[0])
+
+  k = y.max() + 1
+
+  def fit_predict(x, lam):
     priors = np.bincount(y) / len(y)
     means = np_class_means(x, y, k)
     sw = np.zeros((x.shape[1], x.shape[1]))
     for c in range(k):
       sw += priors[c] * np.cov(x[y == c], rowvar=False, bias=True)
-    sb = np.cov(x, rowvar=False, bias=True) - sw
-    lam = np.exp(-5 * iterative_a(sw))
-    sw = (1 - lam) * sw + lam * np.eye(x.shape[1])
-    evals, evecs = scipy.linalg.eigh(sb, sw)
+    if lam is None:
+      lam = max(np.exp(-5 * iterative_a(sw)), 1e-10)
+    ssw = shrink(sw, lam)
+    evals, evecs = scipy.linalg.eigh(shrink(np.cov(x, rowvar=False, bias=True), lam) - ssw, ssw)
     coef = means @ evecs @ evecs.T
     logits = x @ coef.T - 0.5 * np.diag(means @ coef.T) + np.log(priors)
     logits -= logits.max(1, keepdims=True)
     p = np.exp(logits)
-    return p / p.sum(1, keepdims=True)
+    return p / p.sum(1, keepdims=True), lam
 
-  x = z.copy()
-  prob = fit_predict(x, y)
+  x = z.astype(np.float64)
+  prob, lam = fit_predict(x, None)
+  prob = np.exp(prob) / np.exp(prob).sum(1, keepdims=True)
+  means = np_class_means(x, y, k)
   pc = prob[np.arange(len(y)), y][:, None]
-  x = pc * x + (1 - pc)
-  prob = fit_predict(x, y)
+  x = pc * x + (1 - pc) * ((means.sum(0)[None] - means) / (k - 1))[y]
+  prob, _ = fit_predict(x, lam)
   return prob[np.arange(len(y)), y].mean()
 
 
@@ -242,7 +249,7 @@ def np_nleep(z, y, iters=100, ratio=0.8, seed=0):
   w_, v = w_[::-1], v[:, ::-1]
   p = int(np.searchsorted(np.cumsum(w_) / w_.sum(), ratio) + 1)
   x = zc @ v[:, :p]
-  k = y.max() + 1
+  k = min(5 * (y.max() + 1), len(y))  # 5 K components, as ttjax's default
   reg = 1e-6 * x.var(0).mean()
   rng = np.random.default_rng(seed)
   mu = x[rng.choice(len(x), k, replace=False)]

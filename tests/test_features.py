@@ -280,6 +280,32 @@ def test_real_minilm_l6_similar_sentences_are_closer():
   assert max(s[0, 2], s[0, 3], s[1, 2], s[1, 3]) < 0.2
 
 
+def test_zoo_encoder_is_built_once_per_options(monkeypatch, tiny_bert):
+  """A command extracting several splits loads (and compiles) a zoo encoder once, per distinct option set."""
+  from ttjax.features import zoo
+  builds = []
+
+  class Entry:
+    install, defaults = "tiny-bert (test stand-in)", {"max_length": 128}
+
+    def fetch(self, cache_dir):
+      return {"path": tiny_bert}
+
+    def build(self, files, **kw):
+      builds.append(kw)
+      return F.load_encoder(str(files["path"]), **kw)
+
+  monkeypatch.setitem(zoo.ZOO, "tiny-zoo", Entry())
+  zoo._built_zoo_encoder.cache_clear()
+  a = F.load_encoder("tiny-zoo", batch_size=4, max_length=16)
+  b = F.load_encoder("tiny-zoo", max_length=16, batch_size=4)
+  c = F.load_encoder("tiny-zoo", batch_size=4, max_length=8)
+  assert a.apply is b.apply and a.apply is not c.apply
+  assert builds == [dict(batch_size=4, max_length=16), dict(batch_size=4, max_length=8)]
+  np.testing.assert_array_equal(F.extract(a, ["one text"]), F.extract(b, ["one text"]))
+  zoo._built_zoo_encoder.cache_clear()
+
+
 @pytest.mark.slow
 def test_real_minilm_l3_flax_equals_onnxruntime():
   pytest.importorskip("onnxruntime")

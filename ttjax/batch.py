@@ -39,18 +39,30 @@ for all pairs in one compiled program (:func:`centroid_label_maps`), equal to th
 communication; ``P`` is padded to a multiple of the device count by repeating pair 0 (dropped from the results).
 The same code runs on 1 CPU, 8 GPUs or a TPU slice; on a multi-core CPU, expose one host device per core
 (``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before jax starts) so blocks of pairs run concurrently
-(a single pair's program keeps ~one core busy). Across hosts: call ``jax.distributed.initialize()`` on every
-host first, then ``jax.devices()`` spans all hosts' devices and the mesh covers them; every host must call
-``bound_batch`` with the same pairs (each host's inputs are placed with ``jax.make_array_from_callback``, which only
-touches the addressable shards, and results are gathered with ``multihost_utils.process_allgather``). Documented,
-not tested here (one host).
+(a single pair's program keeps ~one core busy).
+
+**Processes.** Across processes (hosts, or several processes on one machine) this is JAX's multi-controller
+runtime: every process calls :func:`join_processes` (``jax.distributed.initialize``) before any JAX computation,
+then ``jax.devices()`` spans every process's devices and the default mesh covers them; every process calls
+``bound_batch`` with the same pairs and keys. Each process builds only its addressable shards of the inputs
+(``jax.make_array_from_callback``), runs its devices' blocks, and the results are gathered to every process with
+``multihost_utils.process_allgather`` (on CPU over gloo, jax's default CPU collectives). With the same total
+device count the per-device programs are the same, so the results equal the single-process run bit for bit
+(``tests/test_distributed.py``: 2 and 4 processes on 127.0.0.1). :func:`process_group` reads the coordinator,
+process count and id from arguments or ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``;
+:func:`process_gather` collects one JSON-able object per process (the command line splits its models over the
+processes with it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+import os
+import sys
+import threading
 import time
 from typing import Optional, Sequence, Union
 
@@ -58,6 +70,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ttjax import bound as bd
@@ -69,7 +82,7 @@ from ttjax.sampling import Batch, make_pair
 from ttjax.tasks import Task
 
 __all__ = ["PaddedPair", "pad_pair", "stack_pairs", "fit_head_padded", "centroid_label_maps", "analyse_batch",
-           "bound_batch", "pair_mesh"]
+           "bound_batch", "pair_mesh", "ProcessGroup", "process_group", "join_processes", "process_gather"]
 
 NEG = -1e9  # logit of a padded class: softmax gives exactly 0 (exp underflows), gradients are exactly 0
 
@@ -393,10 +406,93 @@ def _shard(tree, mesh: Mesh):
 
 
 def _gather(tree):
-  if jax.process_count() > 1:  # pragma: no cover - multi-host only
-    from jax.experimental import multihost_utils
+  """Every pair's results on every process (several processes: ``process_allgather``, tests/test_distributed.py)."""
+  if jax.process_count() > 1:
     return multihost_utils.process_allgather(tree, tiled=True)
   return jax.device_get(tree)
+
+
+# ------------------------------------------------------------------------------------------------- processes
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessGroup:
+  """One multi-controller run: the coordinator ``host:port`` (process 0 serves it), the process count, this id."""
+
+  coordinator: str
+  num_processes: int
+  process_id: int
+
+
+def process_group(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
+                  process_id: Optional[int] = None, environ=None) -> Optional[ProcessGroup]:
+  """The :class:`ProcessGroup` of the arguments, each defaulting to ``JAX_COORDINATOR_ADDRESS``,
+  ``JAX_NUM_PROCESSES`` or ``JAX_PROCESS_ID`` in ``environ`` (default ``os.environ``); ``None`` when none of the
+  three is set anywhere (one process). Raises ``ValueError`` when only some are set or they do not fit."""
+  env = os.environ if environ is None else environ
+  given = dict(coordinator=coordinator or env.get("JAX_COORDINATOR_ADDRESS"),
+               num_processes=env.get("JAX_NUM_PROCESSES") if num_processes is None else num_processes,
+               process_id=env.get("JAX_PROCESS_ID") if process_id is None else process_id)
+  if all(v in (None, "") for v in given.values()):
+    return None
+  missing = [k for k, v in given.items() if v in (None, "")]
+  if missing:
+    raise ValueError(f"several processes need a coordinator, a process count and a process id; missing: "
+                     f"{', '.join(missing)} (flags or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
+  try:
+    num, pid = int(given["num_processes"]), int(given["process_id"])
+  except ValueError:
+    raise ValueError(f"process count and id must be integers, got {given['num_processes']!r}, "
+                     f"{given['process_id']!r}") from None
+  if num < 1 or not 0 <= pid < num:
+    raise ValueError(f"process id must be in [0, {num}) for {num} processes, got {pid}")
+  if ":" not in given["coordinator"]:
+    raise ValueError(f"coordinator must be host:port, got {given['coordinator']!r}")
+  return ProcessGroup(str(given["coordinator"]), num, pid)
+
+
+def join_processes(group: ProcessGroup, timeout: float = 60.0) -> None:
+  """``jax.distributed.initialize`` for ``group`` (before any JAX computation).
+
+  If not every process has joined within ``timeout`` seconds, this process writes ``ttjax: error: ...`` to stderr
+  and exits with status 1 (jax's own deadline aborts from C++ with a stack trace; it is set later than ours).
+  Once joined, a process that dies stops sending heartbeats: after ``timeout`` seconds jax's coordination service
+  terminates every other process ("The following tasks are unhealthy (stopped sending heartbeats)"). A process
+  that exits early (an error) waits at most ``timeout`` seconds for the others at jax's shutdown barrier."""
+  def give_up():
+    sys.stderr.write(f"ttjax: error: process {group.process_id} of {group.num_processes}: not every process joined "
+                     f"the coordinator {group.coordinator} within {timeout:g} s\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+  watchdog = threading.Timer(timeout, give_up)
+  watchdog.daemon = True
+  watchdog.start()
+  try:
+    seconds = int(math.ceil(timeout))
+    jax.distributed.initialize(group.coordinator, group.num_processes, group.process_id,
+                               initialization_timeout=seconds + 30, heartbeat_timeout_seconds=seconds,
+                               shutdown_timeout_seconds=seconds)
+  finally:
+    watchdog.cancel()
+
+
+def _plain(v):
+  """numpy scalars and arrays as Python numbers and lists (``json.dumps`` default)."""
+  return v.tolist() if isinstance(v, (np.ndarray, np.generic)) else str(v)
+
+
+def process_gather(obj) -> list:
+  """``obj`` (JSON-able; numpy scalars allowed) of every process, in process order, on every process (one
+  process: ``[obj]`` itself). Every process must call it, in the same order as its other collectives."""
+  if jax.process_count() == 1:
+    return [obj]
+  data = np.frombuffer(json.dumps(obj, default=_plain).encode(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32))).reshape(-1)
+  padded = np.zeros((int(sizes.max()),), np.uint8)
+  padded[:data.size] = data
+  rows = np.asarray(multihost_utils.process_allgather(padded))
+  return [json.loads(rows[i, :sizes[i]].tobytes().decode()) for i in range(rows.shape[0])]
 
 
 # ------------------------------------------------------------------------------------------------- public API

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
+from ttjax import batch as bt
 from ttjax.app import report as rp
 from ttjax.app import steps
 from ttjax.app.resolve import (TaskData, TaskError, builtin_dataset, check_model, check_same_encoder, dataset_split,
@@ -257,11 +258,23 @@ def _rank_entries(args) -> list[tuple[str, str, Optional[str]]]:
   return out
 
 
+def _join(args) -> None:
+  """Join the other processes of a multi-process run (:func:`ttjax.batch.join_processes`), if one is asked for."""
+  try:
+    group = bt.process_group(args.coordinator, args.num_processes, args.process_id)
+  except ValueError as e:
+    fail(str(e))
+  if group is not None:
+    bt.join_processes(group, timeout=args.process_timeout)
+
+
 def _rank_models(args, entries, names, config) -> tuple[list[dict], dict]:
-  """Per model: target (and source) features, scores, bound, ground truth; then the ranking report."""
+  """Per model: target (and source) features, scores, bound, ground truth; then the ranking report. Several
+  processes: process ``p`` of ``P`` does models ``p, p + P, ...``, and every process gets every row."""
   rows = []
-  bar = progress(entries, desc="rank", unit="model", disable=args.quiet)
-  for i, (label, tspec, sspec) in enumerate(bar):
+  mine = list(enumerate(entries))[jax.process_index()::jax.process_count()]
+  bar = progress(mine, desc="rank", unit="model", disable=args.quiet)
+  for i, (label, tspec, sspec) in bar:
     bar.set_postfix_str(label)
     model = label
     target = resolve(args, tspec, model, with_test=True)
@@ -279,7 +292,8 @@ def _rank_models(args, entries, names, config) -> tuple[list[dict], dict]:
     if gt is None:
       fail("rank needs the ground truth (drop --no-ground-truth)")
     row["ground_truth"] = gt
-    rows.append(row)
+    rows.append((i, row))
+  rows = [row for _, row in sorted((r for part in bt.process_gather(rows) for r in part), key=lambda r: r[0])]
   return rows, rank_rows(rows, names)
 
 
@@ -287,7 +301,10 @@ def cmd_rank(args) -> int:
   names, skipped = steps.score_names(args.scores, args.source is not None)
   entries = _rank_entries(args)
   config = bound_config(args, 300)
+  _join(args)  # before any JAX computation
   rows, ranking = _rank_models(args, entries, names, config)
+  if jax.process_index() != 0:
+    return 0  # process 0 prints and writes
   title = f"target {args.target or 'features'}" + (f", source {args.source}" if args.source else "")
   print_ranking(rows, [n for n in names if any(n in r["scores"] for r in rows)], title, ranking,
                 "\nranking against the ground truth (FT acc; the bound ranks lower = better)")

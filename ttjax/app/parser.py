@@ -60,6 +60,19 @@ def _add_output_options(p, plot: bool = True):
     g.add_argument("--plot", metavar="DIR", help="write PNG figures into DIR")
 
 
+def _add_process_options(p):
+  g = p.add_argument_group("processes", "one run over several processes (jax.distributed): start the same command "
+                           "once per process; each flag defaults to JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+                           "JAX_PROCESS_ID; the models are split over the processes and only process 0 prints and "
+                           "writes outputs")
+  g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, which serves the coordinator")
+  g.add_argument("--num-processes", type=POSITIVE, default=None, help="how many processes in all")
+  g.add_argument("--process-id", type=NON_NEGATIVE, default=None, help="this process, 0 .. num-processes - 1")
+  g.add_argument("--process-timeout", type=POSITIVE_FLOAT, default=60.0, metavar="SECONDS",
+                 help="stop when not every process has joined within SECONDS, or when a joined process has been "
+                 "silent (dead) for SECONDS (default 60)")
+
+
 def _add_groups(p, func, *, bound: bool = True, plot: bool = True, **task_options):
   """The shared option groups of a sub-command (bound, tasks, output; in this order in its help) and its handler."""
   if bound:
@@ -112,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--scores", default="all", help="'all' or comma-separated names")
   p.add_argument("--no-bound", action="store_true", help="rank by the scores only")
   _add_groups(p, cmd_rank)
+  _add_process_options(p)
 
   p = sub.add_parser("features", help="extract (and cache) features of a dataset split",
                      description="Embed a dataset split with a MODEL and cache the features on disk "

@@ -16,6 +16,8 @@ import time
 import numpy as np
 import pytest
 
+from ttjax import batch as bt
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", TTJAX_NO_COMPILATION_CACHE="1", PYTHONUNBUFFERED="1")
@@ -66,7 +68,6 @@ def _last_json(stdout):
 
 
 def test_process_group_reads_flags_then_the_environment():
-  from ttjax import batch as bt
   env = dict(JAX_COORDINATOR_ADDRESS="10.0.0.1:1234", JAX_NUM_PROCESSES="4", JAX_PROCESS_ID="3")
   assert bt.process_group(environ={}) is None
   assert bt.process_group(environ=env) == bt.ProcessGroup("10.0.0.1:1234", 4, 3)

@@ -58,3 +58,25 @@ def test_standardize_is_invariant_to_a_global_rescaling(scale):
   # with a reference (a training split) as well
   np.testing.assert_allclose(np.asarray(standardize(scale * z[:5], reference=scale * z)),
                              np.asarray(standardize(z[:5], reference=z)), atol=2e-4)
+
+
+def test_one_label_rule_everywhere():
+  """Integer, bool and integral-float labels pass (as int64); fractional, NaN and string labels fail naming the row;
+  the fine-tuning ground truth applies the same rule as the bound and the scores."""
+  from ttjax.tasks import integer_labels
+  assert integer_labels(np.array([0.0, 2.0, 1.0]), 3).tolist() == [0, 2, 1]
+  assert integer_labels(np.array([True, False]), 2).dtype == np.int64
+  with pytest.raises(ValueError, match="1.5 at row 2"):
+    integer_labels(np.array([0.0, 1.0, 1.5]), 3)
+  with pytest.raises(ValueError, match="at row 1"):
+    integer_labels(np.array([0.0, np.nan]), 2)
+  with pytest.raises(ValueError, match="map the class names"):
+    integer_labels(np.array(["a", "b"]), 2)
+  from ttjax import finetune as ft
+  rng = np.random.default_rng(0)
+  z, y = rng.normal(size=(40, 4)).astype(np.float32), np.arange(40) % 2
+  import jax
+  run = lambda yt: ft.finetune_arrays(jax.random.PRNGKey(0), z, y, z, yt, steps=5, lrs=(1e-2,), wds=(0.0,))
+  assert run(y.astype(float)).test_accuracy == run(y.astype(bool)).test_accuracy == run(y).test_accuracy
+  with pytest.raises(ValueError, match="test labels: labels must be integers"):
+    run(y + 0.5)

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ttjax.tasks import Task, check_features, check_labels, make_task, standardize
+from ttjax.tasks import Task, check_features, check_labels, integer_labels, make_task, standardize
 
 __all__ = [
     "FinetuneResult",
@@ -298,11 +298,7 @@ def _check_grid(values, name: str, *, allow_zero: bool) -> np.ndarray:
 
 def _check_test_labels(labels, n: int, num_classes: int) -> np.ndarray:
   """Test labels need not cover every class, but must be integers in ``[0, K)`` of the training task."""
-  y = np.asarray(labels)
-  if y.ndim != 1 or y.shape[0] != n:
-    raise ValueError(f"test labels: expected shape ({n},), got {y.shape}")
-  if y.dtype.kind not in "iu":
-    raise ValueError(f"test labels: labels must be integers, got dtype {y.dtype}")
+  y = integer_labels(labels, n, name="test labels")
   if y.size and (y.min() < 0 or y.max() >= num_classes):
     raise ValueError(f"test labels: label out of range [0, {num_classes}) of the training task: "
                      f"{int(y.min())}..{int(y.max())}")

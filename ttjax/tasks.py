@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Task", "check_features", "check_labels", "check_not_constant", "make_task", "standardize", "class_prior"]
+__all__ = ["Task", "check_features", "integer_labels", "check_labels", "check_not_constant", "make_task", "standardize", "class_prior"]
 
 
 def check_features(features, *, name: str = "features", dim: Optional[int] = None) -> np.ndarray:
@@ -39,11 +39,11 @@ def check_features(features, *, name: str = "features", dim: Optional[int] = Non
   return z
 
 
-def check_labels(labels, n: int, *, num_classes: Optional[int] = None, name: str = "labels",
-                 min_classes: int = 1) -> tuple[np.ndarray, int]:
-  """Return ``(labels as int32 (n,), K)``; every class in ``[0, K)`` must have a sample.
+def integer_labels(labels, n: int, *, name: str = "labels") -> np.ndarray:
+  """The one label rule of every entry point: ``(n,)`` integer-valued labels -> int64.
 
-  ``K`` is ``num_classes`` when given, else ``max(labels) + 1``.
+  Integer and bool arrays pass; floats pass when every value is a finite integer (``1.0``); anything else
+  (``1.5``, NaN, strings, objects) is a ``ValueError`` that names the first offending row and the fix.
   """
   y = np.asarray(labels)
   if y.ndim != 1:
@@ -51,12 +51,23 @@ def check_labels(labels, n: int, *, num_classes: Optional[int] = None, name: str
   if y.shape[0] != n:
     raise ValueError(f"{name}: {y.shape[0]} labels for {n} feature rows")
   if y.dtype.kind == "f":
-    if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
-      raise ValueError(f"{name}: labels must be integers, got non-integer values")
-    y = y.astype(np.int64)
+    bad = np.nonzero(~np.isfinite(y) | (y != np.round(np.nan_to_num(y))))[0]
+    if bad.size:
+      raise ValueError(f"{name}: labels must be integers, got {float(y[bad[0]])} at row {int(bad[0])} "
+                       f"({bad.size} such row(s))")
   elif y.dtype.kind not in "iub":
-    raise ValueError(f"{name}: labels must be integers, got dtype {y.dtype}")
-  y = y.astype(np.int64)
+    hint = " (strings: map the class names to 0..K-1 first)" if y.dtype.kind in "USO" else ""
+    raise ValueError(f"{name}: labels must be integers, got dtype {y.dtype}{hint}")
+  return y.astype(np.int64)
+
+
+def check_labels(labels, n: int, *, num_classes: Optional[int] = None, name: str = "labels",
+                 min_classes: int = 1) -> tuple[np.ndarray, int]:
+  """Return ``(labels as int32 (n,), K)``: :func:`integer_labels`, and every class in ``[0, K)`` has a sample.
+
+  ``K`` is ``num_classes`` when given, else ``max(labels) + 1``.
+  """
+  y = integer_labels(labels, n, name=name)
   if y.size and y.min() < 0:
     raise ValueError(f"{name}: label out of range: {int(y.min())} < 0")
   k = int(y.max()) + 1 if num_classes is None else int(num_classes)

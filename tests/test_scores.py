@@ -248,22 +248,26 @@ def ref_knn(z, y, k):
   return correct / len(y)
 
 
-def ref_disco(z, y, var_reg=1e-6):
-  """Zhang et al. 2025: sum_j (s_j / sum s) * mean_i p(y_i | u_ij s_j), Gaussian class-centre posteriors."""
+def ref_disco(z, y, num_groups=8, reg=1e-6):
+  """Zhang et al. 2025: sum_g S_ratio^g S_ncc^g over G groups of consecutive singular triplets of z = U S V^T;
+  S_ratio^g = sum_{i in g} s_i / sum s, S_ncc^g = mean_i p(y_i | f_i^g), shared-covariance Gaussian posteriors on
+  the group's coordinates U_g S_g (pooled within-class covariance + reg * its mean diagonal)."""
   z = f64(z)
   u, s, _ = np.linalg.svd(z, full_matrices=False)
-  proj = u * s
+  r = len(s)
+  size = -(-r // min(num_groups, r))
   k = y.max() + 1
-  prior = np.bincount(y) / len(y)
+  log_prior = np.log(np.bincount(y) / len(y))
   total = 0.0
-  for j in range(proj.shape[1]):
-    p = proj[:, j]
-    mu = np.array([p[y == c].mean() for c in range(k)])
-    var = np.array([p[y == c].var() for c in range(k)]) + var_reg * p.var()
-    logit = -0.5 * (p[:, None] - mu[None]) ** 2 / var[None] + np.log(prior)[None]
-    logit -= logit.max(1, keepdims=True)
-    post = np.exp(logit) / np.exp(logit).sum(1, keepdims=True)
-    total += s[j] / s.sum() * post[np.arange(len(y)), y].mean()
+  for lo in range(0, r, size):
+    p = u[:, lo:lo + size] * s[lo:lo + size]
+    mu = np.stack([p[y == c].mean(0) for c in range(k)])
+    w = sum((p[y == c] - mu[c]).T @ (p[y == c] - mu[c]) for c in range(k)) / len(y)
+    w = w + reg * np.trace(w) / w.shape[0] * np.eye(w.shape[0])
+    diff = p[:, None, :] - mu[None, :, :]
+    logit = -0.5 * np.einsum("ncs,st,nct->nc", diff, np.linalg.inv(w), diff) + log_prior[None, :]
+    post = scipy.special.softmax(logit, axis=1)
+    total += s[lo:lo + size].sum() / s.sum() * post[np.arange(len(y)), y].mean()
   return total
 
 

@@ -8,74 +8,90 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from ttjax.scores._common import class_stats, eigh_desc, pick, prepare
+from ttjax.scores._common import class_stats, one_hot, pick, prepare
 
 __all__ = ["disco"]
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "group_size", "center", "batch_size"))
-def _disco_kernel(z: jax.Array, y: jax.Array, num_classes: int, group_size: int, center: bool, var_reg: float,
+@functools.partial(jax.jit, static_argnames=("num_classes", "num_groups", "center", "batch_size"))
+def _disco_kernel(z: jax.Array, y: jax.Array, num_classes: int, num_groups: int, center: bool, reg: float,
                   batch_size: int) -> jax.Array:
   n, d = z.shape
   x = z - jnp.mean(z, axis=0) if center else z
-  if n >= d:  # SVD of x via the d x d Gram matrix: x = U S V^T, projections x V = U S
-    w, v = eigh_desc(x.T @ x)
-    proj = x @ v
-  else:
-    w, u = eigh_desc(x @ x.T)
-    proj = u * jnp.sqrt(w)[None, :]
-  s = jnp.sqrt(w)
+  u, s, _ = jnp.linalg.svd(x, full_matrices=False)  # x = U S V^T, r = min(n, d) triplets, s decreasing
   r = s.shape[0]
-  groups = -(-r // group_size)
-  pad = groups * group_size - r
+  keep = s > r * jnp.finfo(s.dtype).eps * s[0]  # numerically zero singular directions: no weight, no coordinate
+  s = jnp.where(keep, s, 0.0)
+  proj = u * s[None, :]  # x V = U S: the coordinates of the spectral components
+  size = -(-r // num_groups)
+  pad = num_groups * size - r
   s = jnp.pad(s, (0, pad))
   proj = jnp.pad(proj, ((0, 0), (0, pad)))
-  ratio = jnp.sum(s.reshape(groups, group_size), axis=1) / jnp.sum(s)  # S_ratio^g
+  keep = jnp.pad(keep, (0, pad))
+  ratio = jnp.sum(s.reshape(num_groups, size), axis=1) / jnp.maximum(jnp.sum(s), jnp.finfo(s.dtype).tiny)
 
-  oh, counts, means = class_stats(proj, y, num_classes)  # (K, r') class means of each spectral coordinate
-  resid = proj - means[y]
-  var = (oh.T @ (resid * resid)) / counts[:, None]  # (K, r') class variances (diagonal Lambda_c)
-  var = var + var_reg * jnp.var(proj, axis=0)[None, :] + jnp.finfo(z.dtype).tiny
+  counts = jnp.sum(one_hot(y, num_classes, z.dtype), axis=0)
   log_prior = jnp.log(counts / n)
 
   def group_score(args):
-    p_g, mu_g, var_g = args  # (s, n), (s, K), (s, K): one spectral component, coordinates first
-    q = jnp.sum((p_g[:, :, None] - mu_g[:, None, :]) ** 2 / var_g[:, None, :], axis=0)  # (n, K)
+    p, m = args  # (n, size) coordinates of group g, (size,) real (not padded / not null) directions
+    _, _, mu = class_stats(p, y, num_classes)
+    res = p - mu[y]
+    w = res.T @ res / n  # pooled within-class covariance (shared by the classes)
+    tau = reg * jnp.sum(jnp.where(m, jnp.diag(w), 0.0)) / jnp.maximum(jnp.sum(m), 1)
+    w = w + jnp.diag(jnp.where(m, tau, 1.0))
+    chol = jnp.linalg.cholesky(w)
+    solve = lambda a: jax.scipy.linalg.solve_triangular(chol, a.T, lower=True).T
+    pw, muw = solve(p), solve(mu)  # whitened: Mahalanobis distances become Euclidean
+    q = jnp.sum(pw * pw, axis=1)[:, None] - 2.0 * pw @ muw.T + jnp.sum(muw * muw, axis=1)[None, :]
     logit = -0.5 * q + log_prior[None, :]
     return jnp.mean(jnp.exp(pick(logit, y) - jax.nn.logsumexp(logit, axis=1)))  # S_ncc^g
 
-  split = lambda a: a.T.reshape(groups, group_size, a.shape[0])  # (G, s, rows), contiguous per group
-  s_ncc = jax.lax.map(group_score, (split(proj), split(means), split(var)), batch_size=batch_size)
+  groups = proj.T.reshape(num_groups, size, n).transpose(0, 2, 1)  # (G, n, size), contiguous singular indices
+  s_ncc = jax.lax.map(group_score, (groups, keep.reshape(num_groups, size)), batch_size=batch_size)
   return jnp.sum(ratio * s_ncc)
 
 
-def disco(features, labels, *, num_classes: Optional[int] = None, group_size: int = 1, center: bool = False,
-          var_reg: float = 1e-6, batch_size: int = 8) -> jax.Array:
+def disco(features, labels, *, num_classes: Optional[int] = None, num_groups: int = 8, center: bool = False,
+          reg: float = 1e-6, batch_size: int = 8) -> jax.Array:
   """DISCO for classification (Zhang, Shu, Chen, Long, Guo & Yang, 2025, "Assessing Pre-trained Models for Transfer
-  Learning through Distribution of Spectral Components", AAAI; arXiv:2412.19085).
+  Learning through Distribution of Spectral Components", AAAI; arXiv:2412.19085). No official code exists.
 
-  SVD ``Z = U S V^T``; the singular triplets, in decreasing order, are cut into groups ``g`` of ``group_size``
-  consecutive ones (spectral components ``Z_g = U_g S_g V_g^T``). Then
+  ``features (n, d)``, ``labels (n,)`` -> scalar in ``[0, 1]``, higher is better. The paper's steps:
 
-    ``DISCO = sum_g S_ratio^g * S_ncc^g``,  ``S_ratio^g = sum_{j in g} s_j / sum_j s_j``,
+  1. SVD of the feature matrix, ``F = U S V^T = sum_i s_i u_i v_i^T``; each ``s_i u_i v_i^T`` is a spectral
+     component.
+  2. The ``r = min(n, d)`` components, by decreasing singular value, are cut into ``G = num_groups`` consecutive
+     groups; group ``g`` has the singular value ratio ``S_ratio^g = sum_{i in g} s_i / sum_i s_i``.
+  3. The transferability of group ``g``, ``S_ncc^g``, is a nearest-class-centre classifier with Gaussian classes
+     sharing one covariance (the NCC of NCTI, Wang et al. CVPR 2023, that DISCO builds on):
+     ``p(c | f) = softmax_c(-1/2 (f - mu_c)^T Sigma^{-1} (f - mu_c) + log pi_c)`` on the group's features
+     ``F_g = U_g S_g V_g^T``, and ``S_ncc^g = (1/n) sum_i p(y_i | f_i^g)``.
+  4. ``DISCO = sum_g S_ratio^g * S_ncc^g``.
 
-  and ``S_ncc^g``, the classification transferability of component ``g``, follows the paper's Gaussian
-  class-centre criterion on the component's projection ``z_i^g = (Z V_g)_i``:
-  ``log p(y = c | z_i^g) = -1/2 (z_i^g - mu_c)^T Lambda_c^{-1} (z_i^g - mu_c) + log pi_c`` (no log-determinant
-  term, as written in the paper), normalised by a softmax over classes, and
-  ``S_ncc^g = (1/n) sum_i p(y_i | z_i^g)``. What we chose where the paper leaves room:
+  Choices, where the paper (as we could check it) leaves room or we could not confirm its text:
 
-  * ``Lambda_c`` is the class covariance taken *diagonal* in the spectral basis (exact for the default
-    ``group_size=1``, i.e. every singular direction is its own component), plus ``var_reg`` times the component's
-    total variance so one-sample classes stay finite;
-  * features are not centred before the SVD (``center=False``, as the paper describes the SVD of the features);
-  * no hard-example subsampling (the paper's optional speed-up): all ``n`` samples are used.
+  * ``num_groups=8`` groups of ``ceil(r / G)`` components (the last may be shorter, or empty when
+    ``G`` does not divide ``r`` well: e.g. ``r = 9``, ``G = 8`` gives
+    five groups: four of 2 and one of 1);
+  * features are not centred before the SVD (``center=False``): the paper decomposes the extracted features;
+  * ``Sigma`` is the pooled within-class covariance ``(1/n) sum_i (f_i - mu_{y_i})(f_i - mu_{y_i})^T``, ``mu_c``
+    the class means and ``pi_c = n_c / n``, all fitted on the same ``n`` samples that are scored (resubstitution,
+    like NCTI); ``Sigma`` gets ``reg`` times its mean diagonal added so it stays invertible;
+  * the classifier runs on the group's coordinates ``F V_g = U_g S_g``, which gives the same posteriors as on
+    ``F_g`` in ``d`` dimensions (orthonormal ``V_g``; ``Sigma`` restricted to the group's span);
+  * the probability of the true class is averaged (not the 0/1 accuracy), no temperature;
+  * singular values below ``r * eps * s_1`` count as 0 (no weight, no coordinate);
+  * no hard-example subsampling (the paper's optional speed-up for large ``n``) and no regression variant
+    (``S_lr^g``): all ``n`` samples, classification only.
 
-  The SVD is computed as ``eigh`` of the smaller Gram matrix; groups are processed sequentially by ``lax.map``
-  (``batch_size`` groups at a time) so memory stays ``O(batch_size * n * K * group_size)``. Range ``[0, 1]``;
-  higher is better.
+  Groups are scored ``batch_size`` at a time by ``lax.map``. The last group is padded with unit-variance zero
+  coordinates, which leave its posteriors unchanged.
   """
   z, y, k = prepare(features, labels, num_classes, name="disco")
-  if group_size < 1:
-    raise ValueError(f"disco: group_size must be >= 1, got {group_size}")
-  return _disco_kernel(z, y, k, int(group_size), bool(center), var_reg, int(batch_size))
+  if int(num_groups) < 1:
+    raise ValueError(f"disco: num_groups must be >= 1, got {num_groups}")
+  if not reg >= 0:
+    raise ValueError(f"disco: reg must be >= 0, got {reg}")
+  groups = min(int(num_groups), min(z.shape))
+  return _disco_kernel(z, y, k, groups, bool(center), float(reg), int(batch_size))

@@ -79,7 +79,7 @@ from ttjax import ot
 from ttjax import terms as tm
 from ttjax import transforms as tf
 from ttjax.sampling import Batch, make_pair
-from ttjax.tasks import Task
+from ttjax.tasks import Task, check_task
 
 __all__ = ["PaddedPair", "pad_pair", "stack_pairs", "fit_head_padded", "centroid_label_maps", "analyse_batch",
            "bound_batch", "pair_mesh", "ProcessGroup", "process_group", "join_processes", "process_gather"]
@@ -527,6 +527,13 @@ def analyse_batch(key: jax.Array, sources: Union[Task, Sequence[Task]], targets:
   targets = targets * num if len(targets) == 1 else targets
   if len(sources) != len(targets):
     raise ValueError(f"analyse_batch: {len(sources)} sources for {len(targets)} targets")
+  if num == 0:
+    raise ValueError("analyse_batch: no pairs; give one or more source and target Tasks (ttjax.make_task)")
+  for i, (s, t) in enumerate(zip(sources, targets)):
+    check_task(s, f"sources[{i}]")
+    check_task(t, f"targets[{i}]")
+    if s.dim != t.dim:
+      raise ValueError(f"pair {i}: source has d={s.dim}, target d={t.dim} (both must come from the same encoder)")
   keys = jnp.asarray(key)
   keys = jax.random.split(keys, num) if keys.ndim == 1 else keys
   if keys.shape[0] != num:

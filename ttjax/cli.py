@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import warnings
+from pathlib import Path
 
 import jax
 
@@ -25,7 +27,7 @@ from ttjax.app.report import SCHEMA_VERSION
 from ttjax.app.resolve import TaskError
 from ttjax.assets import AssetUnavailableError, get_cache_dir
 
-__all__ = ["main", "build_parser", "load_npz_task", "SCHEMA_VERSION"]
+__all__ = ["main", "build_parser", "check_output_paths", "load_npz_task", "SCHEMA_VERSION"]
 
 
 def _enable_compilation_cache() -> None:
@@ -40,6 +42,33 @@ def _enable_compilation_cache() -> None:
     pass
 
 
+def check_output_paths(args) -> None:
+  """Before any work: ``--out`` / ``--csv`` name files (not folders) and ``--plot`` a folder, each in a place that
+  can be written (probed with a temporary file), so a long run never ends in an unwritable path."""
+  for flag, is_dir in (("out", False), ("csv", False), ("plot", True)):
+    value = getattr(args, flag, None)
+    if not value:
+      continue
+    path = Path(value)
+    if not is_dir and (str(value).endswith(("/", os.sep)) or path.is_dir()):
+      raise SystemExit(f"ttjax: error: --{flag} {value}: is a folder; give a file name, e.g. "
+                       f"{path / ('result.json' if flag == 'out' else 'result.csv')}")
+    if is_dir and path.exists() and not path.is_dir():
+      raise SystemExit(f"ttjax: error: --{flag} {value}: is a file; give a folder for the figures")
+    folder = path if is_dir else path.parent
+    existing = folder.resolve()
+    while not existing.exists():
+      existing = existing.parent
+    if not existing.is_dir():
+      raise SystemExit(f"ttjax: error: --{flag} {value}: {existing} is a file, not a folder")
+    try:
+      fd, probe = tempfile.mkstemp(prefix=".ttjax-write-test.", dir=existing)
+      os.close(fd)
+      os.unlink(probe)
+    except OSError as e:
+      raise SystemExit(f"ttjax: error: --{flag} {value}: cannot write in {existing} ({e.strerror})") from None
+
+
 def main(argv=None) -> int:
   """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit status; errors exit with one line
   ``ttjax: error: ...`` (``TTJAX_DEBUG=1``: the traceback instead)."""
@@ -48,6 +77,7 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   if argv is None:
     _enable_compilation_cache()
+  check_output_paths(args)
   try:
     return args.func(args)
   except SystemExit:

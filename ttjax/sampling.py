@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttjax.tasks import Task
+from ttjax.tasks import Task, check_task
 
 __all__ = ["Batch", "TaskPair", "make_pair", "sample_batch", "full_batch"]
 
@@ -81,6 +81,8 @@ def _sorted_by_class(task: Task):
 
 def make_pair(source: Task, target: Task) -> TaskPair:
   """Lay out a (source, target) pair by class. Both tasks must share the feature dimension."""
+  check_task(source, "source")
+  check_task(target, "target")
   if source.dim != target.dim:
     raise ValueError(f"feature dimension mismatch: source has d={source.dim}, target has d={target.dim} "
                      "(both tasks must come from the same encoder)")

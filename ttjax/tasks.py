@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Task", "check_features", "integer_labels", "check_labels", "check_not_constant", "make_task", "standardize", "class_prior"]
+__all__ = ["Task", "check_features", "integer_labels", "check_labels", "check_task", "check_not_constant", "make_task", "standardize", "class_prior"]
 
 
 def check_features(features, *, name: str = "features", dim: Optional[int] = None) -> np.ndarray:
@@ -81,6 +81,19 @@ def check_labels(labels, n: int, *, num_classes: Optional[int] = None, name: str
   if k < min_classes:
     raise ValueError(f"{name}: a task needs at least {min_classes} classes, got {k} (one-class task)")
   return y.astype(np.int32), k
+
+
+def check_task(task, name: str = "task") -> "Task":
+  """Before any work: ``task`` is a :class:`Task` whose labels fit its ``num_classes`` (every class non-empty) and
+  whose features are finite; raises a ``TypeError`` / ``ValueError`` naming ``name`` and the fix."""
+  if not isinstance(task, Task):
+    raise TypeError(f"{name}: expected a ttjax Task (build one with ttjax.make_task(features, labels)), got "
+                    f"{type(task).__name__}")
+  if isinstance(task.features, jax.core.Tracer) or isinstance(task.labels, jax.core.Tracer):
+    return task  # inside a transformation: validated where it was built
+  check_features(task.features, name=f"{name}.features")
+  check_labels(np.asarray(task.labels), task.n, num_classes=task.num_classes, name=f"{name}.labels")
+  return task
 
 
 def standardize(features: jax.Array, eps: float = 1e-6, *, reference: Optional[jax.Array] = None) -> jax.Array:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -33,6 +34,7 @@ import numpy as np
 from ttjax import data
 from ttjax.data.loader import ALIASES
 from ttjax.features import cache, zoo_names
+from ttjax.tasks import check_features, integer_labels
 
 __all__ = ["TaskData", "TaskError", "resolve_task", "check_model", "check_same_encoder", "dataset_split",
            "is_feature_file", "parse_list", "builtin_dataset", "class_groups", "stratified_limit", "split_task_list",
@@ -170,14 +172,35 @@ def _load_npz(path: Path) -> dict:
   try:
     with np.load(path, allow_pickle=False) as f:
       out = {k: np.asarray(f[k]) for k in f.files}
-  except (OSError, ValueError, EOFError) as e:
-    raise TaskError(f"cannot read {path} as .npz: {e}") from None
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise TaskError(f"cannot read {path} as .npz ({type(e).__name__}: {e}); write it with numpy.savez(path, "
+                    "features=..., labels=...)") from None
   missing = [k for k in ("features", "labels") if k not in out]
   if missing:
     raise TaskError(f"{path} lacks array(s) {missing}; it has {sorted(out)} "
                     "(expected 'features' (n, d) and 'labels' (n,))")
   if ("test_features" in out) != ("test_labels" in out):
     raise TaskError(f"{path}: 'test_features' and 'test_labels' come together")
+  return check_npz_arrays(path, out)
+
+
+def check_npz_arrays(path: Path, arrays: dict) -> dict:
+  """Validate a feature file's arrays before any work, with errors naming the file, the array and the row:
+  ``features`` / ``test_features`` finite real ``(n, d)`` with one width, ``labels`` / ``test_labels`` one
+  integer-valued label per row (:func:`ttjax.tasks.integer_labels`). Returns them checked (labels int64)."""
+  out = dict(arrays)
+  try:
+    for split in ("", "test_"):
+      if f"{split}features" not in out:
+        continue
+      z = check_features(out[f"{split}features"], name=f"{path}: '{split}features'")
+      if split and z.shape[1] != out["features"].shape[1]:
+        raise ValueError(f"{path}: 'test_features' has {z.shape[1]} columns, 'features' {out['features'].shape[1]}")
+      out[f"{split}features"] = z
+      if f"{split}labels" in out:
+        out[f"{split}labels"] = integer_labels(out[f"{split}labels"], z.shape[0], name=f"{path}: '{split}labels'")
+  except ValueError as e:
+    raise TaskError(str(e)) from None
   return out
 
 
@@ -288,11 +311,6 @@ def resolve_task(spec: str, model: Optional[str] = None, *, limit: Optional[int]
     path = Path(spec.replace("{model}", model or "")).expanduser()
     f = _load_npz(path)
     z, y = f["features"], f["labels"]
-    if z.ndim != 2:
-      raise TaskError(f"{path}: 'features' must be 2-D (n, d), got shape {z.shape}")
-    if y.ndim != 1 or y.shape[0] != z.shape[0]:
-      raise TaskError(f"{path}: 'labels' must be 1-D with one label per feature row ({z.shape[0]}), got shape "
-                      f"{y.shape}")
     names = [str(c) for c in f["class_names"]] if "class_names" in f else None
     keep = stratified_limit(np.asarray(y), limit, seed)
     if keep is not None:

@@ -96,6 +96,9 @@ def score_names(requested: str, have_source: bool) -> tuple[list[str], dict]:
       if get_score(n).requires:
         skipped[n] = "needs --source"
         names.remove(n)
+  if not names:
+    raise TaskError(f"--scores {requested!r} names no score: give 'all' or comma-separated names "
+                    f"({', '.join(list_scores())})")
   return names, skipped
 
 

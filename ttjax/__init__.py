@@ -12,6 +12,7 @@ from ttjax import ot  # noqa: F401  (first: applies the ott-jax / jax>=0.9 shim 
 from ttjax.bound import (Analysis, BoundConfig, BoundResult, Term, analyse, default_terms, feature_gradients, fit,
                          objective, tta)
 from ttjax.head import LinearHead, fit_head, tau_hat, transformed_probs
+from ttjax.label_free import RelatednessResult, analyse_relatedness, relatedness, relatedness_batch
 from ttjax.sampling import Batch, TaskPair, full_batch, make_pair, sample_batch
 from ttjax.tasks import Task, make_task
 from ttjax.transforms import SETTINGS, Transforms, init_transforms
@@ -22,4 +23,5 @@ __all__ = [
     "Analysis", "Batch", "BoundConfig", "BoundResult", "LinearHead", "SETTINGS", "Task", "TaskPair", "Term",
     "Transforms", "analyse", "default_terms", "feature_gradients", "fit", "fit_head",
     "full_batch", "init_transforms", "make_pair", "make_task", "sample_batch", "tau_hat", "transformed_probs", "tta",
+    "RelatednessResult", "analyse_relatedness", "relatedness", "relatedness_batch",
 ]

@@ -25,7 +25,7 @@ from ttjax.selection import rank_report
 
 __all__ = ["cmd_bound", "cmd_score", "cmd_rank", "cmd_features", "fail", "load_npz_task", "bound_config", "run_key",
            "resolve", "bound_entry", "bound_with_truth", "score_entry", "ground_truth_for", "pair_name",
-           "rank_rows", "print_ranking", "write_outputs"]
+           "rank_rows", "print_ranking", "write_outputs", "label_free", "relatedness_entry"]
 
 
 def fail(msg: str):
@@ -68,15 +68,18 @@ def run_key(seed: int, *salt: int) -> jax.Array:
   return k
 
 
-def resolve(args, spec: str, model: Optional[str], *, with_test: bool, limit=None) -> TaskData:
-  """TASK ``spec`` under ``model`` with the task options of ``args`` (``limit`` overrides ``--limit``, per task).
+def resolve(args, spec: str, model: Optional[str], *, with_test: bool, limit=None,
+            labels_optional: bool = False) -> TaskData:
+  """TASK ``spec`` under ``model`` with the task options of ``args`` (``limit`` overrides ``--limit``, per task;
+  ``labels_optional``: an ``.npz`` of features only resolves, with ``labels=None``).
 
   A comma-separated list of TASKs (``"20ng,r52"``, :func:`ttjax.app.resolve.split_task_list`) is joined into one
   task with disjoint labels (:func:`ttjax.app.resolve.join_tasks`): e.g. a broad reference task for the bound.
   """
   return join_tasks([resolve_task(s, model, limit=args.limit if limit is None else limit, test_limit=args.test_limit,
                                   seed=args.seed, data_dir=args.data_dir, with_test=with_test,
-                                  progress=not args.quiet, max_length=args.max_length)
+                                  progress=not args.quiet, max_length=args.max_length,
+                                  labels_optional=labels_optional)
                      for s in split_task_list(spec)])
 
 
@@ -143,6 +146,30 @@ def bound_with_truth(args, source: TaskData, target: TaskData, config: BoundConf
   return row
 
 
+def label_free(args, target: TaskData) -> bool:
+  """Whether the analysis of ``target`` runs without its labels: ``--no-target-labels``, or a target without any."""
+  return bool(getattr(args, "no_target_labels", False)) or target.labels is None
+
+
+def relatedness_entry(args, source: TaskData, target: TaskData, config: BoundConfig, name: str, salt: int = 0) -> dict:
+  """The label-free counterpart of :func:`bound_entry`: the row of :func:`ttjax.app.steps.relatedness_row`
+  (``relatedness``, its terms, ``label_free``); the target's labels, if any, are not read."""
+  key = run_key(args.seed, 4) if salt == 0 else run_key(args.seed, 4, salt)
+  row = steps.relatedness_row(key, source, target, config, getattr(args, "num_target_classes", None))
+  return dict(name=name, source=source.name, target=target.name, model=target.model, seed=args.seed,
+              config=_config_dict(config), **row)
+
+
+def _evaluation_truth(args, target: TaskData, salt: int = 0) -> Optional[dict]:
+  """The fine-tuned ground truth of a label-free run, for evaluation only (``None`` when the target has no labels)."""
+  if target.labels is None:
+    return None
+  gt = ground_truth_for(args, target, salt)
+  if gt is not None:
+    gt["note"] = "evaluation only: computed from the target labels, which the relatedness did not use"
+  return gt
+
+
 def pair_name(source: TaskData, target: TaskData, model: Optional[str]) -> str:
   return f"{source.name} -> {target.name}" + (f" [{model}]" if model else "")
 
@@ -168,6 +195,8 @@ def rank_rows(rows: list[dict], names) -> dict:
       by_score[n] = {r["model"]: r["scores"][n] for r in rows}
   if all("bound" in r for r in rows):
     by_score["bound"] = {r["model"]: -r["bound"] for r in rows}  # lower bound = better
+  if all("relatedness" in r for r in rows):
+    by_score["relatedness"] = {r["model"]: -r["relatedness"] for r in rows}  # lower = more related
   return rank_report(by_score, truth) if by_score else {}
 
 
@@ -193,8 +222,10 @@ def print_ranking(rows: list[dict], names, title: str, ranking: dict, ranking_ti
 def cmd_bound(args) -> int:
   config = bound_config(args, 500)
   source = resolve(args, args.source, args.model, with_test=True)
-  target = resolve(args, args.target, args.model, with_test=True)
+  target = resolve(args, args.target, args.model, with_test=True, labels_optional=True)
   check_same_encoder(source, target)
+  if label_free(args, target):
+    return _cmd_relatedness(args, source, target, config)
   row = bound_with_truth(args, source, target, config, pair_name(source, target, args.model))
   gt = row.get("ground_truth")
   print()
@@ -203,6 +234,31 @@ def cmd_bound(args) -> int:
     print(f"(FT = actual transfer: linear head fine-tuned on {target.name} train [{gt['n_train']}], "
           f"evaluated on {gt['held_out']} [{gt['n_test']}]; lr={gt['lr']:g}, wd={gt['wd']:g})")
   write_outputs(args, "bound", [row], plot=lambda d: [rp.plot_bound_terms([row], str(d / "bound_terms.png"))])
+  return 0
+
+
+def _cmd_relatedness(args, source: TaskData, target: TaskData, config: BoundConfig) -> int:
+  """``ttjax bound`` without target labels: the label-free relatedness, its terms and (target labels permitting)
+  the fine-tuned ground truth for evaluation."""
+  print(f"label-free: {target.name} is analysed without its labels (k-means pseudo-labels, K_t "
+        f"{args.num_target_classes or 'chosen by the silhouette'}); 'relatedness' is an estimate, not a bound on "
+        "the true target loss")
+  row = relatedness_entry(args, source, target, config, pair_name(source, target, args.model))
+  print(f"relatedness {row['relatedness']:.4f} = weighted source loss {row['source_loss']:.4f} + H(B|D) "
+        f"{row['entropy']:.4f} + W {row['wasserstein']:.4f}; predicted h_T accuracy {row['target_accuracy']:.3f}, "
+        f"loss {row['target_loss']:.4f} (against the pseudo-labels); K_t={row['num_target_classes']} "
+        f"({row['k_criterion']})")
+  gt = _evaluation_truth(args, target)
+  if gt is not None:
+    row["ground_truth"] = gt
+  print()
+  print(rp.relatedness_table([row]))
+  if gt is not None:
+    print(f"(FT = actual transfer, for evaluation only: linear head fine-tuned on {target.name}'s labels "
+          f"[{gt['n_train']}], evaluated on {gt['held_out']} [{gt['n_test']}]; the relatedness did not use them)")
+  write_outputs(args, "bound", [row], label_free=True,
+                plot=lambda d: [rp.plot_bound_terms([row], str(d / "relatedness_terms.png"),
+                                                    title="label-free relatedness by term")])
   return 0
 
 
@@ -277,10 +333,13 @@ def _rank_models(args, entries, names, config) -> tuple[list[dict], dict]:
   for i, (label, tspec, sspec) in bar:
     bar.set_postfix_str(label)
     model = label
-    target = resolve(args, tspec, model, with_test=True)
+    target = resolve(args, tspec, model, with_test=True, labels_optional=True)
     source = resolve(args, sspec, model, with_test=not args.no_bound) if sspec else None
     if source is not None:
       check_same_encoder(source, target)
+    if label_free(args, target):
+      rows.append((i, _label_free_rank_row(args, target, source, config, label, i)))
+      continue
     row = score_entry(args, target, source, names, salt=i)
     row.update(name=label, model=label)
     if source is not None and not args.no_bound:
@@ -294,7 +353,27 @@ def _rank_models(args, entries, names, config) -> tuple[list[dict], dict]:
     row["ground_truth"] = gt
     rows.append((i, row))
   rows = [row for _, row in sorted((r for part in bt.process_gather(rows) for r in part), key=lambda r: r[0])]
+  if not all("ground_truth" in r for r in rows):  # label-free, no target labels: nothing to rank against
+    return rows, {}
   return rows, rank_rows(rows, names)
+
+
+def _label_free_rank_row(args, target: TaskData, source: Optional[TaskData], config: BoundConfig, label: str,
+                         salt: int) -> dict:
+  """A model's rank row without target labels: the relatedness and its terms (no label-based score), and the
+  fine-tuned ground truth for evaluation only when the target has labels."""
+  if source is None or args.no_bound:
+    fail("a label-free ranking (--no-target-labels, or a target without labels) needs --source and the bound")
+  r = relatedness_entry(args, source, target, config, pair_name(source, target, label), salt=salt)
+  row = dict(name=label, target=target.name, model=label, source=source.name, seed=args.seed,
+             n=int(target.features.shape[0]), dim=target.dim, scores={}, label_free=True,
+             relatedness=r["relatedness"],
+             relatedness_terms={k: r[k] for k in ("source_loss", "entropy", "wasserstein", "target_accuracy",
+                                                  "target_loss", "num_target_classes", "k_criterion", "seconds")})
+  gt = _evaluation_truth(args, target, salt)
+  if gt is not None:
+    row["ground_truth"] = gt
+  return row
 
 
 def cmd_rank(args) -> int:
@@ -310,6 +389,15 @@ def cmd_rank(args) -> int:
                 "\nranking against the ground truth (FT acc; the bound ranks lower = better)")
   if skipped:
     print("skipped: " + ", ".join(f"{n} ({w})" for n, w in skipped.items()))
+  free = [r for r in rows if r.get("label_free")]
+  if free:
+    print(f"\nlabel-free: {len(free)} of {len(rows)} model(s) ranked without target labels (relatedness, an "
+          "estimate; the label-based scores skipped)" + ("" if ranking else "; no ground truth (no target labels): "
+          "by relatedness only"))
+    print("by relatedness (lower = more related): " + ", ".join(
+        f"{r['model']} {r['relatedness']:.4f}" for r in sorted(free, key=lambda r: r["relatedness"])))
+    if ranking:
+      print("(FT acc: for evaluation only, from the target labels the relatedness did not use)")
   write_outputs(args, "rank", rows, ranking=ranking, plot=lambda d: [
       rp.plot_score_scatter(rows, ranking, str(d / "scores_vs_accuracy.png"), title=title)] if ranking else [])
   return 0

@@ -73,6 +73,16 @@ def _add_process_options(p):
                  "silent (dead) for SECONDS (default 60)")
 
 
+def _add_label_free_options(p):
+  g = p.add_argument_group("label-free", "analyse the target without its labels (ttjax.relatedness: k-means "
+                           "pseudo-labels; the value is named 'relatedness', an estimate, not a bound on the true "
+                           "target loss); a target .npz with only 'features' runs label-free by itself")
+  g.add_argument("--no-target-labels", action="store_true",
+                 help="ignore the target's labels (a fine-tuned ground truth from them is for evaluation only)")
+  g.add_argument("--num-target-classes", type=POSITIVE, default=None, metavar="K",
+                 help="K_t, the number of target classes (default: chosen by the silhouette over 2..10)")
+
+
 def _add_groups(p, func, *, bound: bool = True, plot: bool = True, **task_options):
   """The shared option groups of a sub-command (bound, tasks, output; in this order in its help) and its handler."""
   if bound:
@@ -102,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--model", help="MODEL embedding dataset TASKs: zoo name (minilm-l6, minilm-l3, "
                  "wordllama-l2-256) or a local checkpoint folder; a label for .npz TASKs")
   _add_groups(p, cmd_bound)
+  _add_label_free_options(p)
 
   p = sub.add_parser("score", help="transferability scores of a target task",
                      description="Transferability scores (higher = more transferable) of a target TASK under a "
@@ -125,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--scores", default="all", help="'all' or comma-separated names")
   p.add_argument("--no-bound", action="store_true", help="rank by the scores only")
   _add_groups(p, cmd_rank)
+  _add_label_free_options(p)
   _add_process_options(p)
 
   p = sub.add_parser("features", help="extract (and cache) features of a dataset split",

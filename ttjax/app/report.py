@@ -30,7 +30,8 @@ from ttjax import __version__
 from ttjax.assets import atomic_file
 
 __all__ = ["SCHEMA_VERSION", "flatten", "format_value", "table", "write_json", "write_csv", "payload",
-           "bound_table", "scores_table", "ranking_table", "ranking_summary", "transport_label", "plot_bound_terms", "plot_score_scatter", "BOUND_COLUMNS"]
+           "bound_table", "scores_table", "ranking_table", "ranking_summary", "transport_label", "plot_bound_terms", "plot_score_scatter", "BOUND_COLUMNS",
+           "RELATEDNESS_COLUMNS", "relatedness_table"]
 
 SCHEMA_VERSION = 2
 
@@ -51,6 +52,13 @@ BOUND_COLUMNS: tuple[Column, ...] = (
     ("split_target", "target split", ""),
     ("seconds", "time s", ".1f"),
 )
+
+
+#: The label-free analysis' table: the bound's columns with ``relatedness`` first and ``h_T``'s loss / accuracy
+#: named as what they are there (against the pseudo-labels: predicted).
+RELATEDNESS_COLUMNS: tuple[Column, ...] = (("relatedness", "relatedness", ".4f"),) + tuple(
+    (k, {"target_loss": "pred. loss", "target_accuracy": "pred. acc"}.get(k, h), f) for k, h, f in BOUND_COLUMNS
+    if k != "bound") + (("num_target_classes", "K_t", "d"), ("k_criterion", "K_t by", ""))
 
 
 def _jsonable(v: Any) -> Any:
@@ -122,10 +130,19 @@ def bound_table(rows: Sequence[Mapping]) -> str:
   return table(rows, [c for c in BOUND_COLUMNS if any(c[0] in flatten(r) for r in rows)], label=("name", "pair", ""))
 
 
+def relatedness_table(rows: Sequence[Mapping]) -> str:
+  """The label-free relatedness, its terms, the predicted loss / accuracy of ``h_T`` (against the pseudo-labels),
+  the fine-tuned ground truth when the target had labels (evaluation only), ``K_t`` and how it was chosen."""
+  rows = _with_derived(rows)
+  return table(rows, [c for c in RELATEDNESS_COLUMNS if any(c[0] in flatten(r) for r in rows)],
+               label=("name", "pair", ""))
+
+
 def scores_table(rows: Sequence[Mapping], names: Sequence[str], *, label_key: str = "name") -> str:
   """One row per task/model: every score and the ground truth."""
   cols = [(f"scores.{n}", n, ".4g") for n in names]
   cols += [("bound", "bound", ".4f")] if any("bound" in r for r in rows) else []
+  cols += [("relatedness", "relatedness", ".4f")] if any("relatedness" in r for r in rows) else []
   cols += [("ground_truth.accuracy", "FT acc", ".3f"), ("ground_truth.loss", "FT loss", ".4f")]
   return table(rows, cols, label=(label_key, label_key, ""))
 
@@ -231,7 +248,8 @@ def plot_bound_terms(rows: Sequence[Mapping], path: str, *, title: str = "TTA bo
   ax.bar(x, ent, 0.6, bottom=src, label="H(B | D) (label map)", color="#dd8452")
   ax.bar(x, tw, 0.6, bottom=src + ent, label=transport_label(rows), color="#55a868")
   for i, r in enumerate(rows):
-    ax.text(i, src[i] + ent[i] + tw[i], f"{r['bound']:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.text(i, src[i] + ent[i] + tw[i], f"{r['bound'] if 'bound' in r else r['relatedness']:.2f}", ha="center",
+            va="bottom", fontsize=8)
   ft = [r.get("ground_truth", {}).get("loss") if isinstance(r.get("ground_truth"), Mapping) else None for r in rows]
   if any(v is not None for v in ft):
     ax.scatter([i for i, v in enumerate(ft) if v is not None], [v for v in ft if v is not None], marker="D",
@@ -265,15 +283,16 @@ def plot_score_scatter(model_rows: Sequence[Mapping], report: Mapping[str, Mappi
   acc = [r["ground_truth"]["accuracy"] for r in model_rows]
   models = [str(r.get("model", i)) for i, r in enumerate(model_rows)]
   for ax, name in zip(axes.flat, names):
-    vals = [(-r["bound"] if name == "bound" else r.get("scores", {}).get(name)) for r in model_rows]
+    negated = name in ("bound", "relatedness")  # lower = better: plotted negated
+    vals = [(-r[name] if negated else r.get("scores", {}).get(name)) for r in model_rows]
     pts = [(v, a, m) for v, a, m in zip(vals, acc, models) if v is not None]
     ax.scatter([p[0] for p in pts], [p[1] for p in pts], color="#4c72b0")
     for v, a, m in pts:
       ax.annotate(m, (v, a), fontsize=7, xytext=(3, 3), textcoords="offset points")
     m = report[name]
-    ax.set_title(f"{'-bound' if name == 'bound' else name}: tau={m['kendall_tau']:+.2f}, "
+    ax.set_title(f"{'-' + name if negated else name}: tau={m['kendall_tau']:+.2f}, "
                  f"w.tau={m['weighted_tau']:+.2f}", fontsize=9)
-    ax.set_xlabel("score" if name != "bound" else "-bound", fontsize=8)
+    ax.set_xlabel("-" + name if negated else "score", fontsize=8)
     ax.set_ylabel("fine-tuned test accuracy", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.ticklabel_format(axis="both", style="plain", useOffset=False)

@@ -4,6 +4,7 @@ A TASK is one of
 
 * an ``.npz`` file with ``features`` (n, d) and integer ``labels`` (n,) -- precomputed by any encoder -- and
   optionally ``test_features`` / ``test_labels`` (a held-out split for the ground truth) and ``class_names``;
+  a target of the label-free analysis may have ``features`` only (``labels_optional=True``: ``labels`` is ``None``);
   a path containing ``{model}`` is a template filled with each model's name (``feats/{model}/r8.npz``);
 * a built-in dataset of :mod:`ttjax.data` (``20ng``, ``r8``, ``r52``, ``tweets``, ``mnist5k``, ``digits``, ...),
   optionally restricted to groups of classes: ``20ng:comp-vs-rec`` (each ``-vs-`` / ``,``-separated part is a
@@ -73,8 +74,8 @@ class TaskData:
 
   @property
   def num_classes(self) -> int:
-    """``K = max(labels) + 1`` of the train split."""
-    return int(self.labels.max()) + 1
+    """``K = max(labels) + 1`` of the train split (0 for an unlabelled task)."""
+    return 0 if self.labels is None else int(self.labels.max()) + 1
 
   def with_labels(self, labels, test_labels=None, name: Optional[str] = None) -> "TaskData":
     """The same features with other labels (and ``name``): e.g. a shuffled-label control."""
@@ -166,7 +167,7 @@ def check_same_encoder(source: TaskData, target: TaskData) -> None:
                     f"of {target.name!r} and {source.name!r} must come from the same encoder)")
 
 
-def _load_npz(path: Path) -> dict:
+def _load_npz(path: Path, labels_optional: bool = False) -> dict:
   if not path.exists():
     raise TaskError(f"no such file: {path}")
   try:
@@ -175,7 +176,7 @@ def _load_npz(path: Path) -> dict:
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise TaskError(f"cannot read {path} as .npz ({type(e).__name__}: {e}); write it with numpy.savez(path, "
                     "features=..., labels=...)") from None
-  missing = [k for k in ("features", "labels") if k not in out]
+  missing = [k for k in ("features",) + (() if labels_optional else ("labels",)) if k not in out]
   if missing:
     raise TaskError(f"{path} lacks array(s) {missing}; it has {sorted(out)} "
                     "(expected 'features' (n, d) and 'labels' (n,))")
@@ -289,7 +290,8 @@ def dataset_split(dataset: str, split: str, model: str, sub: str = "", limit: Op
 
 def resolve_task(spec: str, model: Optional[str] = None, *, limit: Optional[int] = None,
                  test_limit: Optional[int] = None, seed: int = 0, data_dir=None, with_test: bool = True,
-                 progress: Optional[bool] = None, max_length: Optional[int] = None) -> TaskData:
+                 progress: Optional[bool] = None, max_length: Optional[int] = None,
+                 labels_optional: bool = False) -> TaskData:
   """Features and labels of TASK ``spec`` under MODEL ``model`` (see the module docstring).
 
   Args:
@@ -300,6 +302,7 @@ def resolve_task(spec: str, model: Optional[str] = None, *, limit: Optional[int]
     data_dir: tfds ``data_dir`` (for datasets other than the built-in ones).
     with_test: also load the test split (for the ground truth); skipped for feature files without one.
     max_length: encoder option (text tokens), passed to the encoder and part of the cache key.
+    labels_optional: an ``.npz`` may lack ``labels`` (unlabelled target features; ``labels`` is then ``None``).
   Raises:
     TaskError: anything that cannot be resolved, with a one-line message.
   """
@@ -309,8 +312,11 @@ def resolve_task(spec: str, model: Optional[str] = None, *, limit: Optional[int]
     if "{model}" in spec and not model:
       raise TaskError(f"TASK {spec!r} is a template: pass models to fill in {{model}}")
     path = Path(spec.replace("{model}", model or "")).expanduser()
-    f = _load_npz(path)
-    z, y = f["features"], f["labels"]
+    f = _load_npz(path, labels_optional)
+    z, y = f["features"], f.get("labels")
+    if y is None:
+      return TaskData(name=path.stem, model=model or path.stem, features=z, labels=None, class_names=[],
+                      meta={"file": str(path), "n": int(z.shape[0]), "labels": None})
     names = [str(c) for c in f["class_names"]] if "class_names" in f else None
     keep = stratified_limit(np.asarray(y), limit, seed)
     if keep is not None:

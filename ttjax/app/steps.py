@@ -4,7 +4,9 @@
   early stopping on a validation part of train) -> test accuracy and loss: the actual transfer;
 * :func:`source_probs`: a linear head trained on the source features, applied to the target (for LEEP / NCE);
 * :func:`compute_scores`: every requested transferability score (higher = more transferable);
-* :func:`bound_row`: the TTA bound (:func:`ttjax.bound.tta`) as a JSON-ready dict.
+* :func:`bound_row`: the TTA bound (:func:`ttjax.bound.tta`) as a JSON-ready dict;
+* :func:`relatedness_row`: the label-free relatedness (:func:`ttjax.relatedness.relatedness`: the target's labels
+  unused) as a JSON-ready dict.
 
 Every function returns plain dicts of floats / ints / strings (JSON-ready).
 """
@@ -23,11 +25,12 @@ from ttjax.bound import tta
 from ttjax.data import train_test_split
 from ttjax.finetune import finetune_arrays
 from ttjax.head import fit_head, logits
+from ttjax.label_free import relatedness
 from ttjax.scores import get_score, list_scores, score
 from ttjax.tasks import check_not_constant, standardize
 
 __all__ = ["ground_truth", "source_probs", "compute_scores", "bound_row", "score_names", "SOURCE_SCORES",
-           "shuffled"]
+           "shuffled", "relatedness_row"]
 
 SOURCE_SCORES = ("leep", "nce", "otce")  # need a source task
 
@@ -157,3 +160,21 @@ def bound_row(key: jax.Array, source: TaskData, target: TaskData, config) -> dic
   where = lambda t: "test split" if t.test_features is not None else (
       f"{config.holdout:.0%} of train held out" if config.holdout > 0 else "train (in-sample)")
   return dict(analysis.result.to_dict(), split_source=where(source), split_target=where(target))
+
+
+def relatedness_row(key: jax.Array, source: TaskData, target: TaskData, config,
+                    num_classes: Optional[int] = None) -> dict:
+  """The label-free relatedness from ``source`` to ``target``'s train features as a dict
+  (``RelatednessResult.to_dict()``: ``relatedness``, its terms, ``label_free: True``).
+
+  The target's labels, if it has any, are not read: its train features are clustered into ``num_classes``
+  pseudo-classes (``None``: chosen by the silhouette) and the analysis learns on one half of each task's train split
+  and evaluates on the other (``config.holdout``); the source's test split is not used.
+  """
+  try:
+    analysis = relatedness(source.features, source.labels, target.features, num_target_classes=num_classes, key=key,
+                           config=config)
+  except (ValueError, FloatingPointError) as e:
+    raise TaskError(str(e)) from None
+  where = f"{config.holdout:.0%} of train held out" if config.holdout > 0 else "train (in-sample)"
+  return dict(analysis.result.to_dict(), split_source=where, split_target=where + " (pseudo-labels)")

@@ -126,11 +126,18 @@ def test_rank_command_ranks_the_better_model_first(npz, capsys):
 @pytest.mark.parametrize("target, message", [
     ("missing.npz", "no such file"),
     ("wide.npz", "dimension 7 does not match"),
-    ("nolabels.npz", "lacks array"),
 ])
 def test_bound_command_errors_name_the_problem(npz, target, message):
   with pytest.raises(SystemExit, match=message):
     cli.main(["bound", "--source", str(npz / "src.npz"), "--target", str(npz / target), "--steps", "2"])
+
+
+def test_unlabelled_source_or_scored_target_names_the_missing_labels(npz):
+  # (a *target* of bound / rank without labels runs label-free: tests/test_relatedness.py)
+  with pytest.raises(SystemExit, match="lacks array"):
+    cli.main(["bound", "--source", str(npz / "nolabels.npz"), "--target", str(npz / "src.npz"), "--steps", "2"])
+  with pytest.raises(SystemExit, match="lacks array"):
+    cli.main(["score", "--target", str(npz / "nolabels.npz")])
 
 
 @pytest.mark.parametrize("argv, message", [

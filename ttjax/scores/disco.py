@@ -69,7 +69,9 @@ def disco(features, labels, *, num_classes: Optional[int] = None, num_groups: in
      ``F_g = U_g S_g V_g^T``, and ``S_ncc^g = (1/n) sum_i p(y_i | f_i^g)``.
   4. ``DISCO = sum_g S_ratio^g * S_ncc^g``.
 
-  Choices, where the paper (as we could check it) leaves room or we could not confirm its text:
+  Only the paper's abstract and Figure 3 caption (S_ratio^g, S_ncc^g, S_lr^g; weighted sum over the spectral
+  components) could be read when this was written, not its method section: no equation numbers are cited, and
+  step 3's form is NCTI's. Choices, where the paper leaves room or its text could not be confirmed:
 
   * ``num_groups=8`` groups of ``ceil(r / G)`` components (the last may be shorter, or empty when
     ``G`` does not divide ``r`` well: e.g. ``r = 9``, ``G = 8`` gives

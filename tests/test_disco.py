@@ -3,39 +3,12 @@ scikit-learn LDA for the per-component classifier, and its expected behaviour on
 
 import numpy as np
 import pytest
-import scipy.special
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 import ttjax.scores as S
-from score_tasks import make_task
+from score_tasks import make_task, ref_disco
 
 TASKS = {"random0": make_task(0, 0.0), "clustered2": make_task(2, 3.0), "clustered3": make_task(3, 1.5)}
-
-
-def ref_disco(z, y, num_groups=8, center=False, reg=1e-6):
-  """sum_g S_ratio^g S_ncc^g: SVD F = U S V^T; G consecutive groups of ceil(r / G) singular triplets;
-  S_ratio^g = sum_{i in g} s_i / sum s; S_ncc^g = mean_i p(y_i | f_i^g), Gaussian classes with one shared (pooled
-  within-class) covariance on the group's features F V_g = U_g S_g."""
-  z = np.asarray(z, np.float64)
-  if center:
-    z = z - z.mean(0)
-  u, s, _ = np.linalg.svd(z, full_matrices=False)
-  r = len(s)
-  g = min(num_groups, r)
-  size = -(-r // g)
-  k = y.max() + 1
-  log_prior = np.log(np.bincount(y, minlength=k) / len(y))
-  total = 0.0
-  for lo in range(0, r, size):
-    p = u[:, lo:lo + size] * s[lo:lo + size]
-    mu = np.stack([p[y == c].mean(0) for c in range(k)])
-    w = sum((p[y == c] - mu[c]).T @ (p[y == c] - mu[c]) for c in range(k)) / len(y)
-    w = w + reg * np.trace(w) / w.shape[0] * np.eye(w.shape[0])
-    diff = p[:, None, :] - mu[None, :, :]  # (n, K, size)
-    q = np.einsum("ncs,st,nct->nc", diff, np.linalg.inv(w), diff)
-    post = scipy.special.softmax(-0.5 * q + log_prior[None, :], axis=1)
-    total += s[lo:lo + size].sum() / s.sum() * post[np.arange(len(y)), y].mean()
-  return total
 
 
 @pytest.mark.parametrize("task", list(TASKS))
@@ -98,36 +71,4 @@ def test_rank_deficient_features_are_finite_and_match():
   z[:, 5:] = z[:, :3] + z[:, 2:5]  # rank 5: three null singular directions
   got = float(S.disco(z, y, num_groups=4))
   assert np.isfinite(got)
-  np.testing.assert_allclose(got, ref_disco_rank(z, y, 4), rtol=1e-4)
-
-
-def ref_disco_rank(z, y, num_groups):
-  """ref_disco with the numerically-zero singular directions given no weight and no coordinate."""
-  z = np.asarray(z, np.float64)
-  u, s, _ = np.linalg.svd(z, full_matrices=False)
-  keep = s > len(s) * np.finfo(np.float32).eps * s[0]
-  r, size = len(s), -(-len(s) // num_groups)
-  k = y.max() + 1
-  log_prior = np.log(np.bincount(y, minlength=k) / len(y))
-  total = 0.0
-  for lo in range(0, r, size):
-    idx = [i for i in range(lo, min(lo + size, r)) if keep[i]]
-    if not idx:
-      continue
-    p = u[:, idx] * s[idx]
-    mu = np.stack([p[y == c].mean(0) for c in range(k)])
-    w = sum((p[y == c] - mu[c]).T @ (p[y == c] - mu[c]) for c in range(k)) / len(y)
-    w = w + 1e-6 * np.trace(w) / len(idx) * np.eye(len(idx))
-    diff = p[:, None, :] - mu[None, :, :]
-    q = np.einsum("ncs,st,nct->nc", diff, np.linalg.inv(w), diff)
-    post = scipy.special.softmax(-0.5 * q + log_prior[None, :], axis=1)
-    total += s[idx].sum() / s[keep].sum() * post[np.arange(len(y)), y].mean()
-  return total
-
-
-def test_bad_arguments():
-  z, y = TASKS["random0"]
-  with pytest.raises(ValueError, match="num_groups"):
-    S.disco(z, y, num_groups=0)
-  with pytest.raises(ValueError, match="reg"):
-    S.disco(z, y, reg=-1.0)
+  np.testing.assert_allclose(got, ref_disco(z, y, 4), rtol=1e-4)

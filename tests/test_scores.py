@@ -14,7 +14,7 @@ import scipy.stats
 from sklearn.covariance import LedoitWolf
 
 import ttjax.scores as S
-from score_tasks import make_task
+from score_tasks import make_task, ref_disco
 
 N, D, K = 60, 8, 3
 RTOL, ATOL = 1e-4, 1e-6
@@ -246,29 +246,6 @@ def ref_knn(z, y, k):
     pred = next(c for c in nb if counts[c] == best)
     correct += int(pred == y[i])
   return correct / len(y)
-
-
-def ref_disco(z, y, num_groups=8, reg=1e-6):
-  """Zhang et al. 2025: sum_g S_ratio^g S_ncc^g over G groups of consecutive singular triplets of z = U S V^T;
-  S_ratio^g = sum_{i in g} s_i / sum s, S_ncc^g = mean_i p(y_i | f_i^g), shared-covariance Gaussian posteriors on
-  the group's coordinates U_g S_g (pooled within-class covariance + reg * its mean diagonal)."""
-  z = f64(z)
-  u, s, _ = np.linalg.svd(z, full_matrices=False)
-  r = len(s)
-  size = -(-r // min(num_groups, r))
-  k = y.max() + 1
-  log_prior = np.log(np.bincount(y) / len(y))
-  total = 0.0
-  for lo in range(0, r, size):
-    p = u[:, lo:lo + size] * s[lo:lo + size]
-    mu = np.stack([p[y == c].mean(0) for c in range(k)])
-    w = sum((p[y == c] - mu[c]).T @ (p[y == c] - mu[c]) for c in range(k)) / len(y)
-    w = w + reg * np.trace(w) / w.shape[0] * np.eye(w.shape[0])
-    diff = p[:, None, :] - mu[None, :, :]
-    logit = -0.5 * np.einsum("ncs,st,nct->nc", diff, np.linalg.inv(w), diff) + log_prior[None, :]
-    post = scipy.special.softmax(logit, axis=1)
-    total += s[lo:lo + size].sum() / s.sum() * post[np.arange(len(y)), y].mean()
-  return total
 
 
 def ref_leep(probs, y):

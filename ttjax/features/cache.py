@@ -40,9 +40,9 @@ def feature_path(model: Union[str, PathLike, Encoder], dataset: str, split: str,
   """Cache file for ``(model, dataset, split, preprocessing)`` of the data in ``data_dir``; ``kwargs`` are the
   encoder options. The key hashes the encoder's content (:func:`model_key`) and the data source
   (:func:`ttjax.data.loader.source_key`)."""
-  name, fp = model_key(model, **kwargs)
-  key = fingerprint(fp, ALIASES.get(dataset, dataset), split, preprocessing, source_key(dataset, data_dir))
   dataset = ALIASES.get(dataset, dataset)  # "20ng" and "20newsgroups" share a file
+  name, fp = model_key(model, **kwargs)
+  key = fingerprint(fp, dataset, split, preprocessing, source_key(dataset, data_dir))
   return get_cache_dir("features", cache_dir) / f"{_safe(name)}__{_safe(dataset)}__{_safe(split)}__{key}.npz"
 
 

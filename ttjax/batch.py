@@ -69,7 +69,6 @@ from typing import Optional, Sequence, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -183,26 +182,17 @@ def fit_head_padded(key: jax.Array, pp: PaddedPair, *, tau: float, penalty: floa
   kp, d = pp.ps.shape[0], z.shape[1]
   class_valid = jnp.arange(kp) < pp.k_s
   head = hd.LinearHead(W=jnp.zeros((kp, d), z.dtype), c=jnp.where(class_valid, 0.0, NEG).astype(z.dtype))
-  opt = optax.adamw(learning_rate, weight_decay=weight_decay)
   bmax = pp.head_batch_max
   rounds_max = _shuffle_rounds(z.shape[0])
   w = (jnp.arange(bmax) < pp.head_batch).astype(z.dtype) / pp.head_batch.astype(z.dtype)
 
-  def loss(head, zb, yb, k_rand):
+  def loss(head, idx, k_rand):
+    yb = y[idx]
     y_rand = jax.random.randint(k_rand, yb.shape, 0, pp.k_s)
-    excess = lambda labels: jnp.sum(w * jax.nn.relu(hd.gradient_norms(head, zb, labels) - tau) ** 2)
-    return jnp.sum(w * hd.cross_entropy(head, zb, yb)) + penalty * (excess(yb) + excess(y_rand))
+    return hd.penalised_loss(head, z[idx], yb, y_rand, tau, penalty, weights=w)
 
-  def step(carry, key):
-    head, state = carry
-    k_idx, k_rand = jax.random.split(key)
-    idx = _padded_prefix_permutation(k_idx, pp.n_s, z.shape[0], pp.head_rounds, rounds_max)[:bmax]
-    grads = jax.grad(loss)(head, z[idx], y[idx], k_rand)
-    updates, state = opt.update(grads, state, head)
-    return (optax.apply_updates(head, updates), state), None
-
-  (head, _), _ = jax.lax.scan(step, (head, opt.init(head)), jax.random.split(key, steps))
-  return head
+  draw = lambda k: _padded_prefix_permutation(k, pp.n_s, z.shape[0], pp.head_rounds, rounds_max)[:bmax]
+  return hd.adamw_scan(loss, head, key, steps, learning_rate, weight_decay, draw)
 
 
 # ----------------------------------------------------------------------------------------------------- padding
@@ -337,24 +327,8 @@ def _train_one(config: bd.BoundConfig, train_head: bool, learn: bool, k_head, k_
 
 
 def _evaluate_terms_one(config: bd.BoundConfig, params, pp: PaddedPair, head):
-  """``bound._evaluate_terms`` on a padded pair (masked means; maxes see duplicated points): fixed-size work,
-  vmapped over pairs."""
-  batch = pp.full
-  mean = lambda v, m: jnp.sum(jnp.where(m, v, 0.0)) / jnp.sum(m)
-  probs = hd.transformed_probs(head, params, pp.zt)
-  nll = -jnp.log(jnp.maximum(jnp.take_along_axis(probs, pp.yt[:, None], 1)[:, 0], 1e-12))
-  return dict(
-      source_loss=tm.weighted_source_loss(params, batch, head),
-      entropy=tm.conditional_entropy(params),
-      tau_hat=hd.tau_hat(head, params, pp.zs, pp.ys, pp.zt, pp.yt, min_label_mass=config.min_label_mass),
-      target_loss=mean(nll, pp.t_mask),
-      max_target_loss=jnp.max(nll),
-      target_accuracy=mean(jnp.argmax(probs, -1) == pp.yt, pp.t_mask),
-      source_accuracy=mean(jnp.argmax(hd.logits(head, pp.zs), -1) == pp.ys, pp.s_mask),
-      transformed_source_loss=tm.transformed_source_loss(params, batch, head),
-      prior_matching=tm.prior_matching(params, batch),
-      invertibility=tm.invertibility(params),
-  )
+  """:func:`ttjax.bound.feature_terms` on a padded pair: fixed-size work, vmapped over pairs."""
+  return bd.feature_terms(params, head, pp.full, (pp.zs, pp.ys), (pp.zt, pp.yt), config, pp.s_mask, pp.t_mask)
 
 
 def _certified_one(config: bd.BoundConfig, params, full: Batch):

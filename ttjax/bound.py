@@ -41,7 +41,8 @@ from ttjax.tasks import Task, make_task, standardize
 __all__ = [
     "Term", "BoundConfig", "BoundData", "BoundResult", "Analysis", "default_terms", "objective", "fit",
     "evaluate", "prepare", "initial_label_map", "analyse", "tta", "feature_gradients", "default_label_cost", "default_tau",
-    "tta_bound", "assemble_result", "certified_w", "evaluate_terms", "source_head", "holdout_split", "optimizer", "per_class",
+    "tta_bound", "assemble_result", "certified_w", "evaluate_terms", "feature_terms", "source_head", "holdout_split",
+    "optimizer", "per_class",
 ]
 
 
@@ -264,31 +265,35 @@ def fit(key: jax.Array, params: Union[tf.Transforms, lb.LogitTransforms], data: 
 def certified_w(params, batch, config):
   """Feature space: the certified label-split ``(w0, class W (K_t,), mismatch)``; ``W = w0 + Lambda mismatch``."""
   cost_fn = ot.resolve_cost(config.cost_fn)
-  x, a_hat, mass, src_ref = tm.class_problems(params, batch, cost_fn)
-  solve = lambda args: ot.certified_value(cost_fn(x, args[0]), args[1], args[2], epsilon=config.eval_epsilon,
-                                          num_iters=config.eval_iters, threshold=config.eval_threshold)
+  solve = lambda x, zt, a, b: ot.certified_value(cost_fn(x, zt), a, b, epsilon=config.eval_epsilon,
+                                                 num_iters=config.eval_iters, threshold=config.eval_threshold)
   # Sequential over classes: memory n_s x (largest target class), not n_s x n_t.
-  class_w = jax.lax.map(solve, (batch.zt, a_hat, batch.wt))
-  w0 = tm.label_split(class_w, mass, batch.pt, src_ref, tm.target_reference(batch, cost_fn), 0.0)
-  return w0, class_w, jnp.sum(jnp.maximum(mass - batch.pt, 0.0))  # W = w0 + Lambda * mismatch
+  solve_classes = lambda x, a_hat: jax.lax.map(lambda c: solve(x, *c), (batch.zt, a_hat, batch.wt))
+  return tm.split_wasserstein(params, batch, cost_fn, solve_classes)  # W = w0 + Lambda * mismatch
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def evaluate_terms(params, pair, head, batch, config):
-  """Feature space: every term but ``W`` on the full data of ``pair`` (``tau_hat`` measured)."""
-  src, tgt = pair.source, pair.target
-  probs = hd.transformed_probs(head, params, tgt.features)
-  nll = -jnp.log(jnp.maximum(jnp.take_along_axis(probs, tgt.labels[:, None], 1)[:, 0], 1e-12))
+def feature_terms(params, head, batch, source, target, config, source_mask=None, target_mask=None) -> dict:
+  """Feature space: every term but ``W`` (``tau_hat`` measured) on ``source = (z_s, y_s)`` and ``target = (z_t,
+  y_t)``; ``batch`` is the full data as a :class:`Batch`. Masks ``(n,)`` mark the real rows of padded data."""
+  (zs, ys), (zt, yt) = source, target
+  probs = hd.transformed_probs(head, params, zt)
+  nll = -jnp.log(jnp.maximum(jnp.take_along_axis(probs, yt[:, None], 1)[:, 0], 1e-12))
   return dict(
       source_loss=tm.weighted_source_loss(params, batch, head),
       entropy=tm.conditional_entropy(params),
-      tau_hat=hd.tau_hat(head, params, src.features, src.labels, tgt.features, tgt.labels,
-                         min_label_mass=config.min_label_mass),
-      **hd.transfer_metrics(nll, probs, tgt.labels, head, src.features, src.labels),
+      tau_hat=hd.tau_hat(head, params, zs, ys, zt, yt, min_label_mass=config.min_label_mass),
+      **hd.transfer_metrics(nll, probs, yt, head, zs, ys, source_mask, target_mask),
       transformed_source_loss=tm.transformed_source_loss(params, batch, head),
       prior_matching=tm.prior_matching(params, batch),
       invertibility=tm.invertibility(params),
   )
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def evaluate_terms(params, pair, head, batch, config):
+  """:func:`feature_terms` on the full data of ``pair``."""
+  src, tgt = pair.source, pair.target
+  return feature_terms(params, head, batch, (src.features, src.labels), (tgt.features, tgt.labels), config)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ import optax
 from ttjax import transforms as tf
 
 __all__ = [
-    "LinearHead", "precompose", "logits", "cross_entropy", "gradient_norms", "fit_head", "transformed_probs",
+    "LinearHead", "precompose", "logits", "cross_entropy", "gradient_norms", "penalised_loss", "adamw_scan", "fit_head", "transformed_probs",
     "transformed_loss", "label_gradients", "tau_hat", "transfer_metrics",
 ]
 
@@ -64,10 +64,29 @@ def gradient_norms(head: LinearHead, z: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.sum(g * g, axis=-1) + 1e-12)  # differentiable at 0 (the zero-initialised head)
 
 
-def _head_loss(head, z, y, key, num_classes, tau, penalty):
-  y_rand = jax.random.randint(key, y.shape, 0, num_classes)
-  excess = lambda labels: jnp.mean(jax.nn.relu(gradient_norms(head, z, labels) - tau) ** 2)
-  return jnp.mean(cross_entropy(head, z, y)) + penalty * (excess(y) + excess(y_rand))
+def penalised_loss(head: LinearHead, z: jax.Array, y: jax.Array, y_rand: jax.Array, tau, penalty,
+                   weights=None) -> jax.Array:
+  """``CE + mu * (relu(||grad CE(y)|| - tau)^2 + relu(||grad CE(y~)|| - tau)^2)``, averaged over rows (or summed
+  with ``weights (n,)`` that sum to one, so padded rows can be weighted 0): the head's training loss."""
+  mean = jnp.mean if weights is None else (lambda v: jnp.sum(weights * v))
+  excess = lambda labels: mean(jax.nn.relu(gradient_norms(head, z, labels) - tau) ** 2)
+  return mean(cross_entropy(head, z, y)) + penalty * (excess(y) + excess(y_rand))
+
+
+def adamw_scan(loss, head: LinearHead, key: jax.Array, steps: int, learning_rate, weight_decay, draw):
+  """``steps`` AdamW steps on ``loss(head, idx, k_rand)`` in one ``lax.scan``; each step's key splits into
+  ``(k_idx, k_rand)`` and ``idx = draw(k_idx)`` picks its minibatch. Returns the trained head."""
+  opt = optax.adamw(learning_rate, weight_decay=weight_decay)
+
+  def step(carry, key):
+    head, state = carry
+    k_idx, k_rand = jax.random.split(key)
+    grads = jax.grad(loss)(head, draw(k_idx), k_rand)
+    updates, state = opt.update(grads, state, head)
+    return (optax.apply_updates(head, updates), state), None
+
+  (head, _), _ = jax.lax.scan(step, (head, opt.init(head)), jax.random.split(key, steps))
+  return head
 
 
 def fit_head(key: jax.Array, features: jax.Array, labels: jax.Array, num_classes: int, *, tau: float = 1.0,
@@ -87,18 +106,14 @@ def fit_head(key: jax.Array, features: jax.Array, labels: jax.Array, num_classes
 def _fit_head(key, features, labels, num_classes, tau, penalty, steps, learning_rate, batch_size, weight_decay):
   n, d = features.shape
   head = LinearHead(W=jnp.zeros((num_classes, d), features.dtype), c=jnp.zeros((num_classes,), features.dtype))
-  opt = optax.adamw(learning_rate, weight_decay=weight_decay)
 
-  def step(carry, key):
-    head, state = carry
-    k_idx, k_rand = jax.random.split(key)
-    idx = jax.random.choice(k_idx, n, (batch_size,), replace=False)
-    grads = jax.grad(_head_loss)(head, features[idx], labels[idx], k_rand, num_classes, tau, penalty)
-    updates, state = opt.update(grads, state, head)
-    return (optax.apply_updates(head, updates), state), None
+  def loss(head, idx, k_rand):
+    y = labels[idx]
+    y_rand = jax.random.randint(k_rand, y.shape, 0, num_classes)
+    return penalised_loss(head, features[idx], y, y_rand, tau, penalty)
 
-  (head, _), _ = jax.lax.scan(step, (head, opt.init(head)), jax.random.split(key, steps))
-  return head
+  draw = lambda k: jax.random.choice(k, n, (batch_size,), replace=False)
+  return adamw_scan(loss, head, key, steps, learning_rate, weight_decay, draw)
 
 
 def transformed_probs(head: LinearHead, params: tf.Transforms, z: jax.Array) -> jax.Array:
@@ -151,10 +166,14 @@ def tau_hat(head: LinearHead, params: tf.Transforms, source_z: jax.Array, source
 
 
 def transfer_metrics(nll: jax.Array, probs: jax.Array, target_labels: jax.Array, head: LinearHead,
-                     source_features: jax.Array, source_labels: jax.Array) -> dict:
+                     source_features: jax.Array, source_labels: jax.Array, source_mask=None, target_mask=None) -> dict:
   """The metrics every bound reports next to its terms: the loss of ``h_T`` (mean and max of ``nll (n_t,)``), its
-  accuracy from ``probs (n_t, K_t)``, and the accuracy of ``h_S`` on the source features ``(n_s, d)``."""
-  return dict(target_loss=jnp.mean(nll), max_target_loss=jnp.max(nll),
-              target_accuracy=jnp.mean(jnp.argmax(probs, -1) == target_labels),
-              source_accuracy=jnp.mean(jnp.argmax(logits(head, source_features), -1) == source_labels))
+  accuracy from ``probs (n_t, K_t)``, and the accuracy of ``h_S`` on the source features ``(n_s, d)``. Boolean
+  masks mark the real rows of padded data: means run over them (maxes see padding, which repeats real rows)."""
+  def mean(v, mask):
+    return jnp.mean(v) if mask is None else jnp.sum(jnp.where(mask, v, 0.0)) / jnp.sum(mask)
+
+  return dict(target_loss=mean(nll, target_mask), max_target_loss=jnp.max(nll),
+              target_accuracy=mean(jnp.argmax(probs, -1) == target_labels, target_mask),
+              source_accuracy=mean(jnp.argmax(logits(head, source_features), -1) == source_labels, source_mask))
 

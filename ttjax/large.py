@@ -163,12 +163,6 @@ def blocked_w(x, a, y, b, *, cost_fn=ot.euclidean, block_size: int = 2048, epsil
   return value, len(blocks)
 
 
-@functools.partial(jax.jit, static_argnames=("cost_fn",))
-def _class_problems(params, batch, cost_fn):
-  x, a_hat, mass, src_ref = tm.class_problems(params, batch, cost_fn)
-  return x, a_hat, mass, src_ref, tm.target_reference(batch, cost_fn)
-
-
 def certified_w_blocked(params: tf.Transforms, pair, config: bd.BoundConfig, *, block_size: int = 2048,
                         seed: int = 0):
   """``bound.certified_w`` with every class problem solved by :func:`blocked_w`: returns ``(w0, class_w,
@@ -176,19 +170,16 @@ def certified_w_blocked(params: tf.Transforms, pair, config: bd.BoundConfig, *, 
   config = config.resolved(pair.source.dim)
   cost_fn = ot.resolve_cost(config.cost_fn)
   batch = full_batch(pair)
-  x, a_hat, mass, src_ref, tgt_ref = jax.device_get(_class_problems(params, batch, cost_fn))
   zt, wt = np.asarray(batch.zt), np.asarray(batch.wt)
-  class_w = []
-  for t in range(zt.shape[0]):
-    real = wt[t] > 0
-    value, _ = blocked_w(x, a_hat[t], zt[t][real], wt[t][real], cost_fn=cost_fn, block_size=block_size,
-                         epsilon=config.eval_epsilon, num_iters=config.eval_iters, threshold=config.eval_threshold,
-                         seed=seed + t)
-    class_w.append(value)
-  class_w = jnp.asarray(class_w, jnp.float32)
-  pt = batch.pt
-  w0 = tm.label_split(class_w, jnp.asarray(mass), pt, jnp.asarray(src_ref), jnp.asarray(tgt_ref), 0.0)
-  return w0, class_w, jnp.sum(jnp.maximum(jnp.asarray(mass) - pt, 0.0))
+
+  def solve_classes(x, a_hat):  # host loop over classes, each one a blocked certified solve
+    x, a_hat = np.asarray(x), np.asarray(a_hat)
+    values = [blocked_w(x, a_hat[t], zt[t][wt[t] > 0], wt[t][wt[t] > 0], cost_fn=cost_fn, block_size=block_size,
+                        epsilon=config.eval_epsilon, num_iters=config.eval_iters, threshold=config.eval_threshold,
+                        seed=seed + t)[0] for t in range(zt.shape[0])]
+    return jnp.asarray(values, jnp.float32)
+
+  return tm.split_wasserstein(params, batch, cost_fn, solve_classes)
 
 
 def evaluate_large(params: tf.Transforms, pair, head: hd.LinearHead, config: bd.BoundConfig, *,

@@ -33,7 +33,7 @@ from ttjax import transforms as tf
 from ttjax.sampling import Batch
 
 __all__ = [
-    "weighted_source_loss", "conditional_entropy", "wasserstein", "prior_matching", "invertibility",
+    "weighted_source_loss", "conditional_entropy", "wasserstein", "split_wasserstein", "prior_matching", "invertibility",
     "class_problems", "label_split", "transformed_source_loss",
 ]
 
@@ -111,20 +111,36 @@ def label_split(class_w: jax.Array, mass: jax.Array, pt: jax.Array, src_ref: jax
           + label_cost * jnp.sum(mass - alpha))
 
 
+def split_wasserstein(params: tf.Transforms, batch: Batch, cost_fn: ot.CostFn, solve_classes,
+                      label_cost=0.0, smoothing: float = 0.0):
+  """``W_split`` (module docstring) with the per-class values ``W_t`` from a solver strategy:
+  ``solve_classes(x (n_s, d), a_hat (K_t, n_s)) -> (K_t,)`` against the target classes ``batch.zt, batch.wt``.
+
+  Returns ``(W, class_w, mismatch)`` with ``mismatch = sum_t (m_t - p_t)^+``, so ``W`` at another ``Lambda`` is
+  ``W(0) + Lambda * mismatch`` (unsmoothed). The training term, the certified evaluation and the blocked solver
+  for large tasks are this function with different ``solve_classes``."""
+  x, a_hat, mass, src_ref = class_problems(params, batch, cost_fn)
+  class_w = solve_classes(x, a_hat)
+  w = label_split(class_w, mass, batch.pt, src_ref, target_reference(batch, cost_fn), label_cost,
+                  smoothing=smoothing)
+  return w, class_w, jnp.sum(jnp.maximum(mass - batch.pt, 0.0))
+
+
 def wasserstein(params: tf.Transforms, batch: Batch, head=None, config=None) -> jax.Array:
   """``W_split`` with each ``W_t`` the primal cost of an entropic Sinkhorn plan (ott-jax, ``config.sinkhorn_iters``
   fixed iterations, ``epsilon = config.epsilon * mean(C)``) and envelope-theorem gradients. The training term;
   :func:`ttjax.bound.evaluate` reports the certified version."""
   cost_fn = ot.resolve_cost(config.cost_fn)
-  x, a_hat, mass, src_ref = class_problems(params, batch, cost_fn)
   k_t, m, d = batch.zt.shape
-  # One (n_s, K_t m) cost matrix -- one large matmul instead of K_t thin ones -- viewed as K_t class blocks.
-  cost = cost_fn(x, batch.zt.reshape(k_t * m, d)).reshape(x.shape[0], k_t, m)
-  solve = lambda c, a, b: ot.entropic_value(c, a, b, epsilon=config.epsilon, num_iters=config.sinkhorn_iters,
-                                            lse_mode=config.sinkhorn_lse_mode)
-  class_w = jax.vmap(solve, in_axes=(1, 0, 0))(cost, a_hat, batch.wt)
-  return label_split(class_w, mass, batch.pt, src_ref, target_reference(batch, cost_fn), config.label_cost,
-                     smoothing=_SPLIT_SMOOTHING)
+
+  def solve_classes(x, a_hat):
+    # One (n_s, K_t m) cost matrix -- one large matmul instead of K_t thin ones -- viewed as K_t class blocks.
+    cost = cost_fn(x, batch.zt.reshape(k_t * m, d)).reshape(x.shape[0], k_t, m)
+    solve = lambda c, a, b: ot.entropic_value(c, a, b, epsilon=config.epsilon, num_iters=config.sinkhorn_iters,
+                                              lse_mode=config.sinkhorn_lse_mode)
+    return jax.vmap(solve, in_axes=(1, 0, 0))(cost, a_hat, batch.wt)
+
+  return split_wasserstein(params, batch, cost_fn, solve_classes, config.label_cost, smoothing=_SPLIT_SMOOTHING)[0]
 
 
 def transformed_source_loss(params: tf.Transforms, batch: Batch, head: hd.LinearHead) -> jax.Array:

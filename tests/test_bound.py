@@ -131,10 +131,10 @@ def test_custom_term_and_cost_plug_in_without_touching_the_optimiser(tasks, runs
   batch = full_batch(pair)
   data = bd.BoundData(batch, runs["related"].head)
   params = runs["related"].params
-  base, terms = bd.objective(params, data, CFG.resolved(D))
-  extra = bd.Term("bias_norm", lambda p, b, h, c: jnp.sum(p.b ** 2), 3.0)
-  cfg = CFG.replace(terms=bd.default_terms() + (extra,)).resolved(D)
-  value, terms2 = bd.objective(params, data, cfg)
+  base, terms = bd.objective(params, data, bd.default_terms(CFG.resolved(D)))
+  extra = bd.Term("bias_norm", lambda p, b, h: jnp.sum(p.b ** 2), 3.0)
+  cfg = CFG.replace(terms=bd.default_terms(CFG.resolved(D)) + (extra,)).resolved(D)
+  value, terms2 = bd.objective(params, data, bd.objective_terms(cfg))
   np.testing.assert_allclose(float(value), float(base) + 3.0 * float(jnp.sum(params.b ** 2)), rtol=1e-5)
   assert set(terms2) == set(terms) | {"bias_norm"}
   manhattan = lambda x, y: jnp.sum(jnp.abs(x[:, None] - y[None]), -1)

@@ -234,3 +234,42 @@ def test_the_bound_is_invariant_to_a_global_rescaling_of_the_features(tasks, sca
   base, scaled = run(zs, zt), run(scale * zs, scale * zt)
   for name in ("bound", "source_loss", "entropy", "wasserstein", "target_loss"):
     assert getattr(scaled, name) == pytest.approx(getattr(base, name), rel=2e-3, abs=2e-4), name
+
+
+class _CompileCounter:
+  """Counts XLA backend compilations (jax's own monitoring event) while active."""
+
+  def __enter__(self):
+    self.count = 0
+    self._listener = lambda event, *args, **kw: setattr(self, "count", self.count + (
+        event == "/jax/core/compile/backend_compile_duration"))
+    jax.monitoring.register_event_duration_secs_listener(self._listener)
+    return self
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+def test_a_sweep_over_learning_rates_lambdas_epsilons_and_tau_compiles_once(tasks):
+  """The config's numbers are traced (only the program-shaping fields are static): after the first run, runs that
+  change only learning rates, lambda's, epsilons or tau compile nothing, yet their results move."""
+  source, target = tasks["source"], tasks["related"]
+  for base, sweep in (
+      (CFG.replace(steps=30, eval_iters=500),
+       [dict(lr_features=3e-2), dict(lr_label_map=0.3, lr_prior=0.01), dict(lambda_map=0.5), dict(epsilon=0.1),
+        dict(eval_epsilon=0.01)]),
+      (bd.BoundConfig(space="feature", holdout=0.0, steps=30, batch_size=None, head_steps=30, eval_iters=500),
+       [dict(tau=0.3), dict(lambda_pm=3.0, lambda_ic=0.3), dict(lambda_w=2.0), dict(label_cost=9.0),
+        dict(head_penalty=1.0, head_lr=0.1)]),
+  ):
+    key = jax.random.PRNGKey(0)
+    first = bd.analyse(key, source, target, base).result
+    bounds = {first.bound}
+    with _CompileCounter() as counter:
+      for change in sweep:
+        bounds.add(bd.analyse(key, source, target, base.replace(**change)).result.bound)
+    assert counter.count == 0, f"{base.space} space: {counter.count} compilations in a numbers-only sweep"
+    assert len(bounds) == len(sweep) + 1  # every change took effect
+    with _CompileCounter() as counter:  # a program-shaping field does recompile (the counter works)
+      bd.analyse(key, source, target, base.replace(steps=31))
+    assert counter.count > 0

@@ -158,8 +158,8 @@ def test_wasserstein_term_gradient_matches_finite_differences_in_a():
                    make_task(zt, np.arange(20) % 2, standardise=False))
   batch = full_batch(pair)
   params = tf.init_transforms(jax.random.PRNGKey(0), 2, 2, 3, setting="learned_all")
-  cfg = BoundConfig(label_cost=5.0, epsilon=0.05, sinkhorn_iters=3000, space="feature", holdout=0.0)
-  grad = jax.grad(lambda p: terms.wasserstein(p, batch, None, cfg))(params).A
+  w_term = terms.wasserstein(label_cost=5.0, epsilon=0.05, num_iters=3000)
+  grad = jax.grad(lambda p: w_term(p, batch, None))(params).A
   direction = rng.normal(size=(3, 3)).astype(np.float32)
 
   x0, _, _, _ = terms.class_problems(params, batch, ot.euclidean)

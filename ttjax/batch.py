@@ -322,7 +322,7 @@ def _train_one(config: bd.BoundConfig, train_head: bool, learn: bool, k_head, k_
   history = {}
   if learn:
     data = pp.full if config.batch_size is None else pp
-    params, history = bd.fit(k_fit, params, data, head, config)
+    params, history = bd.fit_resolved(k_fit, params, data, head, config)
   return params, head, history
 
 
@@ -332,8 +332,8 @@ def _evaluate_terms_one(config: bd.BoundConfig, params, pp: PaddedPair, head):
 
 
 def _certified_one(config: bd.BoundConfig, params, full: Batch):
-  """The certified label-split ``(w0, mismatch)`` of one padded pair (``bound._certified_w``; zero-weight padding
-  is left out of the relative epsilon by ``ot.mean_cost``, so this is padding-exact)."""
+  """The certified label-split ``(w0, mismatch)`` of one padded pair (:func:`ttjax.bound.certified_w`; zero-weight
+  padding is left out of the relative epsilon by ``ot.mean_cost``, so this is padding-exact)."""
   w0, _, mismatch = bd.certified_w(params, full, config)
   return w0, mismatch
 
@@ -348,24 +348,38 @@ def pair_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
 
 
 @functools.lru_cache(maxsize=64)
-def _program(kind: str, config: bd.BoundConfig, mesh: Mesh, chunk: Optional[int], train_head: bool = False,
+def _program(kind: str, config_structure, mesh: Mesh, chunk: Optional[int], train_head: bool = False,
              learn: bool = False):
-  """A jitted ``shard_map`` over the pair axis. ``"train"``: ``lax.map(per-pair training, batch_size=chunk)``
-  (``chunk=None``: plain ``vmap`` over the device's pairs). ``"eval"``: the fixed-size terms the same way, and the
-  certified ``W`` *sequentially* over pairs (``lax.map``): its Sinkhorn stops at a marginal-error threshold, and a
-  vmapped ``while_loop`` would run every pair until the slowest pair of the block converges (up to
-  ``eval_iters``), where a single run stops at its own count. Cached per (config, mesh, chunk)."""
+  """A jitted ``shard_map`` over the pair axis, its first argument the (resolved) config, replicated and traced.
+  ``"train"``: ``lax.map(per-pair training, batch_size=chunk)`` (``chunk=None``: plain ``vmap`` over the device's
+  pairs). ``"eval"``: the fixed-size terms the same way, and the certified ``W`` *sequentially* over pairs
+  (``lax.map``): its Sinkhorn stops at a marginal-error threshold, and a vmapped ``while_loop`` would run every
+  pair until the slowest pair of the block converges (up to ``eval_iters``), where a single run stops at its own
+  count. Cached per (config structure: its static fields, mesh, chunk): a config that differs only in its numbers
+  reuses the program."""
+  del config_structure  # the cache key: the static part of the config
   vectorised = lambda one, args: jax.vmap(one)(args) if chunk is None else jax.lax.map(one, args, batch_size=chunk)
   if kind == "train":
-    local = lambda *args: vectorised(lambda a: _train_one(config, train_head, learn, *a), args)
+    local = lambda config, *args: vectorised(lambda a: _train_one(config, train_head, learn, *a), args)
+    nargs = 5
   else:
-    def local(params, pp, head):
+    def local(config, params, pp, head):
       terms = vectorised(lambda a: _evaluate_terms_one(config, *a), (params, pp, head))
       w0, mismatch = jax.lax.map(lambda a: _certified_one(config, *a), (params, pp.full))
       return terms, w0, mismatch
+    nargs = 3
 
   spec = PartitionSpec("pairs")
-  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False))
+  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(),) + (spec,) * nargs, out_specs=spec,
+                               check_vma=False))
+
+
+def _run(kind: str, config: bd.BoundConfig, mesh: Mesh, chunk, *args, **flags):
+  """Run :func:`_program` with ``config``'s numbers as traced arguments (replicated over the mesh)."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  put = lambda x: (lambda a: jax.make_array_from_callback(a.shape, replicated, lambda idx: a[idx]))(
+      np.asarray(x, np.float32))
+  return _program(kind, jax.tree_util.tree_structure(config), mesh, chunk, **flags)(jax.tree.map(put, config), *args)
 
 
 def _shard(tree, mesh: Mesh):
@@ -574,8 +588,8 @@ def _analyse_group(keys, sources, targets, config, heads, label_maps, priors, me
   k_fit = np.stack([np.asarray(sp[2]) for sp in splits])
   learn = bool(config.trainable)
   args = _shard((k_head, k_fit, stacked, params0, head_in), mesh)
-  params, head, history = _program("train", config, mesh, chunk, train_head, learn)(*args)
-  t, w0, mismatch = _program("eval", config, mesh, chunk)(params, args[2], head)
+  params, head, history = _run("train", config, mesh, chunk, *args, train_head=train_head, learn=learn)
+  t, w0, mismatch = _run("eval", config, mesh, chunk, params, args[2], head)
   params, head, history, t, w0, mismatch = _gather((params, head, history, t, w0, mismatch))
   out = []
   for j in range(num):

@@ -18,7 +18,6 @@ feasible coupling, so the reported ``W`` upper-bounds the exact one) and a *meas
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import time
@@ -39,45 +38,66 @@ from ttjax.sampling import Batch, TaskPair, full_batch, make_pair, sample_batch
 from ttjax.tasks import Task, make_task, standardize
 
 __all__ = [
-    "Term", "BoundConfig", "BoundData", "BoundResult", "Analysis", "default_terms", "objective", "fit",
+    "Term", "BoundConfig", "BoundData", "BoundResult", "Analysis", "default_terms", "objective", "objective_terms",
+    "fit", "fit_resolved", "batch_drawer",
     "evaluate", "prepare", "initial_label_map", "analyse", "tta", "feature_gradients", "default_label_cost", "default_tau",
     "tta_bound", "assemble_result", "certified_w", "evaluate_terms", "feature_terms", "source_head", "holdout_split",
-    "optimizer", "per_class",
+    "optimizer", "per_class", "STATIC_FIELDS", "TRACED_FIELDS",
 ]
 
 
 @dataclasses.dataclass(frozen=True)
 class Term:
-  """One summand of the objective: ``weight * fn(params, batch, head, config)``.
+  """One summand of the objective: ``weight * fn(params, batch, head)``.
 
-  ``weight`` is a number, or the name of a :class:`BoundConfig` field (e.g. ``"lambda_pm"``) read at trace time.
+  ``fn`` carries its own hyper-parameters (it is built by a constructor, optax-style, e.g.
+  ``ttjax.logit_bound.wasserstein(epsilon=0.05, num_iters=10)``); ``weight`` is a number. A term is a pytree
+  whose only leaf is ``weight`` (``name`` and ``fn`` are static), so a sweep over weights does not recompile.
   """
 
   name: str
   fn: Callable[..., jax.Array]
-  weight: Union[float, str] = 1.0
+  weight: Any = 1.0
 
-  def scale(self, config: "BoundConfig") -> float:
-    return float(getattr(config, self.weight)) if isinstance(self.weight, str) else float(self.weight)
+  def __call__(self, params, batch, head) -> jax.Array:
+    return self.fn(params, batch, head)
 
 
-def default_terms(space: str = "feature") -> tuple[Term, ...]:
-  """The objective, term by term: the certified logit-space bound's (:mod:`ttjax.logit_bound`) or the paper's
-  feature-space one."""
-  if space == "logit":
-    return tuple(Term(name, fn, weight) for name, fn, weight in lb.TERMS)
-  return (
-      Term("source_loss", tm.weighted_source_loss),
-      Term("entropy", tm.conditional_entropy),
-      Term("wasserstein", tm.wasserstein, "w_weight"),
-      Term("prior_matching", tm.prior_matching, "lambda_pm"),
-      Term("invertibility", tm.invertibility, "lambda_ic"),
-  )
+jax.tree_util.register_pytree_node(
+    Term, lambda t: ((t.weight,), (t.name, t.fn)), lambda aux, children: Term(aux[0], aux[1], children[0]))
+
+
+def default_terms(config: "BoundConfig") -> tuple[Term, ...]:
+  """The objective of ``config.space``, term by term, each built from ``config``'s hyper-parameters (which may be
+  traced: inside :func:`fit` they are). Logit space (:mod:`ttjax.logit_bound`): weighted source loss + H + W_eps
+  + lambda_map ||A_bar - I||^2; feature space (the paper): weighted source loss + H + lambda_W W_eps +
+  lambda_PM ||p_T - B D||^2 + lambda_IC (invertibility). ``config`` must be resolved (:meth:`BoundConfig.resolved`).
+  """
+  if config.space == "logit":
+    return (Term("source_loss", lb.weighted_source_loss),
+            Term("entropy", lb.conditional_entropy),
+            Term("wasserstein", lb.wasserstein(epsilon=config.epsilon, num_iters=config.sinkhorn_iters,
+                                               lse_mode=config.sinkhorn_lse_mode)),
+            Term("map_penalty", lb.map_penalty, config.lambda_map))
+  return (Term("source_loss", tm.weighted_source_loss),
+          Term("entropy", tm.conditional_entropy),
+          Term("wasserstein", tm.wasserstein(cost_fn=ot.resolve_cost(config.cost_fn), label_cost=config.label_cost,
+                                             epsilon=config.epsilon, num_iters=config.sinkhorn_iters,
+                                             lse_mode=config.sinkhorn_lse_mode), config.w_weight),
+          Term("prior_matching", tm.prior_matching, config.lambda_pm),
+          Term("invertibility", tm.invertibility, config.lambda_ic))
 
 
 @dataclasses.dataclass(frozen=True)
 class BoundConfig:
-  """Everything that shapes the optimisation (hashable: it is a static argument of the jitted loop).
+  """The analysis' settings, as a pytree: what shapes the program is static, the numbers are traced.
+
+  Static (a change compiles a new program): ``space``, ``holdout``, ``setting``, ``freeze``, ``steps``,
+  ``batch_size``, ``cost_fn``, ``sinkhorn_iters``, ``sinkhorn_lse_mode``, ``eval_iters``, ``eval_threshold``,
+  ``head_steps``, ``label_map_init`` (:data:`STATIC_FIELDS`). Traced (leaves: a sweep over them compiles once):
+  the learning rates, ``lambda_*``, ``label_cost``, ``epsilon``, ``eval_epsilon``, ``tau``, ``head_penalty``,
+  ``head_lr``, ``min_label_mass`` and the weights of ``terms``. Resolve the data-dependent defaults
+  (:meth:`resolved`) before passing a config to a jitted function.
 
   Attributes:
     space: ``"logit"`` (default): the certified bound in the source head's logit space
@@ -104,7 +124,7 @@ class BoundConfig:
     min_label_mass: which (source point, target label) pairs enter ``tau_hat`` (``B[t, y_i] >=`` this).
     label_map_init: ``learned_all``'s starting ``B``: ``"centroid"`` (OT between class centroids,
       :func:`ttjax.transforms.centroid_label_map`) or ``"uniform"`` (near uniform, symmetric).
-    terms: the objective's summands (``None``: :func:`default_terms`).
+    terms: the objective's summands (``None``: :func:`default_terms`): a tuple of :class:`Term`.
   """
 
   space: str = "logit"
@@ -137,6 +157,8 @@ class BoundConfig:
   terms: Optional[tuple[Term, ...]] = None
 
   def __post_init__(self):
+    # numbers are checked when they are numbers (inside a jitted function they are tracers)
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
     if self.space not in ("logit", "feature"):
       raise ValueError(f"BoundConfig.space must be 'logit' or 'feature', got {self.space!r}")
     if not 0.0 <= float(self.holdout) < 1.0:
@@ -148,7 +170,7 @@ class BoundConfig:
       if getattr(self, name) is not None and int(getattr(self, name)) < 1:
         raise ValueError(f"BoundConfig.{name} must be >= 1, got {getattr(self, name)}")
     for name in ("epsilon", "eval_epsilon", "tau"):
-      if getattr(self, name) is not None and not float(getattr(self, name)) > 0:
+      if number(getattr(self, name)) and not float(getattr(self, name)) > 0:
         raise ValueError(f"BoundConfig.{name} must be > 0, got {getattr(self, name)}")
 
   def resolved(self, dim: int) -> "BoundConfig":
@@ -160,6 +182,8 @@ class BoundConfig:
       fill["label_cost"] = default_label_cost(dim)
     if self.tau is None:
       fill["tau"] = default_tau(dim)
+    if self.lambda_w is None:
+      fill["lambda_w"] = fill.get("tau", self.tau)
     return self.replace(**fill) if fill else self
 
   @property
@@ -171,10 +195,29 @@ class BoundConfig:
 
   @property
   def w_weight(self) -> float:
+    """The weight of ``W`` in the objective: ``lambda_w``, by default ``tau``."""
     return self.tau if self.lambda_w is None else self.lambda_w
 
   def replace(self, **kw) -> "BoundConfig":
     return dataclasses.replace(self, **kw)
+
+
+#: The fields of :class:`BoundConfig` that shape the compiled program (the pytree's static part).
+STATIC_FIELDS = ("space", "holdout", "setting", "freeze", "steps", "batch_size", "cost_fn", "sinkhorn_iters",
+                 "sinkhorn_lse_mode", "eval_iters", "eval_threshold", "head_steps", "label_map_init")
+TRACED_FIELDS = tuple(f.name for f in dataclasses.fields(BoundConfig) if f.name not in STATIC_FIELDS)
+
+
+def _config_unflatten(static, traced):
+  config = object.__new__(BoundConfig)  # no __post_init__: the leaves may be tracers or placeholders
+  for name, value in zip(STATIC_FIELDS + TRACED_FIELDS, tuple(static) + tuple(traced)):
+    object.__setattr__(config, name, value)
+  return config
+
+
+jax.tree_util.register_pytree_node(
+    BoundConfig, lambda c: (tuple(getattr(c, f) for f in TRACED_FIELDS), tuple(getattr(c, f) for f in STATIC_FIELDS)),
+    _config_unflatten)
 
 
 PROBE_STEPS = 100  # at most this many L-BFGS iterations for the logit-space source head
@@ -202,11 +245,15 @@ class BoundData:
   head: hd.LinearHead
 
 
-def objective(params: tf.Transforms, data: BoundData, config: BoundConfig) -> tuple[jax.Array, dict]:
-  """``sum_k weight_k * term_k(params, batch, head, config)``; returns ``(value, {name: term value})``."""
-  terms = config.terms if config.terms is not None else default_terms(config.space)
-  values = {t.name: t.fn(params, data.batch, data.head, config) for t in terms}
-  return sum(t.scale(config) * values[t.name] for t in terms), values
+def objective(params, data: BoundData, terms: tuple[Term, ...]) -> tuple[jax.Array, dict]:
+  """``sum_k weight_k * term_k(params, batch, head)``; returns ``(value, {name: term value})``."""
+  values = {t.name: t(params, data.batch, data.head) for t in terms}
+  return sum(t.weight * values[t.name] for t in terms), values
+
+
+def objective_terms(config: "BoundConfig") -> tuple[Term, ...]:
+  """``config.terms``, or :func:`default_terms` of ``config``."""
+  return config.terms if config.terms is not None else default_terms(config)
 
 
 _GROUPS = {"d_logits": "prior", "b_logits": "label_map", "A": "features", "b": "features", "A_bar": "features",
@@ -229,39 +276,50 @@ def per_class(config: BoundConfig, num_classes: int) -> int:
   return max(1, math.ceil(config.batch_size / num_classes))
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def fit(key: jax.Array, params: Union[tf.Transforms, lb.LogitTransforms], data: Union[TaskPair, Batch], head: hd.LinearHead,
-        config: BoundConfig) -> tuple[tf.Transforms, dict]:
+def fit(key: jax.Array, params: Union[tf.Transforms, lb.LogitTransforms], data: Union[TaskPair, Batch],
+        head: hd.LinearHead, config: BoundConfig) -> tuple[tf.Transforms, dict]:
   """Minimise :func:`objective` for ``config.steps`` Adam steps in one compiled ``lax.scan``.
 
   ``data`` is a :class:`TaskPair`, from which each step draws a class-stratified minibatch of
   ``config.batch_size`` points per side with its own key (``jax.random.split(key, steps)``; same key, same
-  result), or a fixed :class:`Batch` used at every step (e.g. :func:`full_batch`). Returns the final transforms
-  and the per-step history of every term.
+  result), or a fixed :class:`Batch` used at every step (e.g. :func:`full_batch`), or any pytree with a
+  ``draw_batch(key) -> Batch`` method (e.g. :class:`ttjax.batch.PaddedPair`). Returns the final transforms and the
+  per-step history of every term. The config's numbers are traced: a sweep over learning rates, ``lambda``'s,
+  ``epsilon`` or ``tau`` compiles once.
   """
-  config = config.resolved(params.A_bar.shape[0])
+  return fit_resolved(key, params, data, head, config.resolved(params.A_bar.shape[0]))
+
+
+@jax.jit
+def fit_resolved(key, params, data, head, config: BoundConfig):
+  """:func:`fit` for a resolved ``config`` (the jitted program; callable inside other jitted code)."""
   opt = optimizer(config, params)
-  grad_fn = jax.value_and_grad(objective, has_aux=True)
-  if isinstance(data, Batch):
-    draw = lambda key: data
-  elif hasattr(data, "draw_batch"):  # a pytree with its own sampler, e.g. ttjax.batch.PaddedPair (padding-aware)
-    draw = data.draw_batch
-  else:
-    m_s, m_t = per_class(config, data.num_source), per_class(config, data.num_target)
-    draw = lambda key: sample_batch(key, data, m_s, m_t)
+  terms = objective_terms(config)
+  grad_fn = jax.value_and_grad(lambda p, d: objective(p, d, terms), has_aux=True)
+  draw = batch_drawer(data, config)
 
   def step(carry, key):
     params, state = carry
-    batch = draw(key)
-    (value, terms), grads = grad_fn(params, BoundData(batch, head), config)
+    (value, values), grads = grad_fn(params, BoundData(draw(key), head))
     updates, state = opt.update(grads, state, params)
-    return (optax.apply_updates(params, updates), state), dict(terms, objective=value)
+    return (optax.apply_updates(params, updates), state), dict(values, objective=value)
 
   (params, _), history = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(key, config.steps))
   return params, history
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
+def batch_drawer(data, config: BoundConfig) -> Callable[[jax.Array], Batch]:
+  """``key -> Batch``: the fixed ``data`` if it is a :class:`Batch`, its own ``draw_batch`` if it has one, else a
+  class-stratified minibatch of the :class:`TaskPair` (:func:`ttjax.sampling.sample_batch`)."""
+  if isinstance(data, Batch):
+    return lambda key: data
+  if isinstance(data, TaskPair):
+    m_s, m_t = per_class(config, data.num_source), per_class(config, data.num_target)
+    return lambda key: sample_batch(key, data, m_s, m_t)
+  return data.draw_batch
+
+
+@jax.jit
 def certified_w(params, batch, config):
   """Feature space: the certified label-split ``(w0, class W (K_t,), mismatch)``; ``W = w0 + Lambda mismatch``."""
   cost_fn = ot.resolve_cost(config.cost_fn)
@@ -289,7 +347,7 @@ def feature_terms(params, head, batch, source, target, config, source_mask=None,
   )
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
+@jax.jit
 def evaluate_terms(params, pair, head, batch, config):
   """:func:`feature_terms` on the full data of ``pair``."""
   src, tgt = pair.source, pair.target
@@ -568,7 +626,9 @@ def feature_gradients(params: tf.Transforms, head: hd.LinearHead, batch: Batch,
   samples push the bound up (the W part uses the envelope gradient, i.e. the optimal plan held fixed)."""
   config = config.resolved(batch.zs.shape[1])
 
+  terms = objective_terms(config)
+
   def value(zs, zt):
-    return objective(params, BoundData(dataclasses.replace(batch, zs=zs, zt=zt), head), config)[0]
+    return objective(params, BoundData(dataclasses.replace(batch, zs=zs, zt=zt), head), terms)[0]
 
   return jax.grad(value, argnums=(0, 1))(batch.zs, batch.zt)

@@ -44,7 +44,7 @@ from ttjax.sampling import Batch, TaskPair, full_batch
 __all__ = [
     "LogitTransforms", "PARAM_NAMES", "SETTINGS", "trainable_names", "label_transforms", "init_logit_transforms",
     "source_logits", "target_logits", "transformed_probs", "weighted_source_loss", "conditional_entropy",
-    "wasserstein", "map_penalty", "TERMS", "certified_terms",
+    "class_wasserstein", "wasserstein", "map_penalty", "certified_terms", "transformed_nll",
 ]
 
 _TINY = 1e-30
@@ -134,17 +134,17 @@ def transformed_nll(head, params, pt, z, y) -> jax.Array:
 
 
 # ------------------------------------------------------------------------------------------------------ terms
-# Each term: fn(params, batch, head, config) -> scalar, as in ttjax.terms.
+# Each term: fn(params, batch, head) -> scalar; hyper-parameters are bound by a constructor (wasserstein).
 
 
-def weighted_source_loss(params: LogitTransforms, batch: Batch, head: hd.LinearHead, config=None) -> jax.Array:
+def weighted_source_loss(params: LogitTransforms, batch: Batch, head: hd.LinearHead) -> jax.Array:
   """``sum_s D_s Lbar_s(s h_S)``: class-mean cross-entropy of the tempered source head, weighted by ``D``."""
   prior, _ = label_transforms(params, batch.pt)
   ce = optax.softmax_cross_entropy_with_integer_labels(source_logits(head, params, batch.zs), batch.ys)
   return jnp.sum(prior[batch.ys] * batch.ws * ce)
 
 
-def conditional_entropy(params: LogitTransforms, batch: Batch, head=None, config=None) -> jax.Array:
+def conditional_entropy(params: LogitTransforms, batch: Batch, head=None) -> jax.Array:
   """``H(B | D) = -sum_s D_s sum_t B_ts log B_ts`` (nats)."""
   prior, label_map = label_transforms(params, batch.pt)
   return -jnp.sum(prior * jnp.sum(label_map * jnp.log(jnp.maximum(label_map, _TINY)), axis=0))
@@ -156,33 +156,30 @@ def class_weights(params: LogitTransforms, batch: Batch) -> jax.Array:
   return params.reverse_map[:, batch.ys] * batch.ws[None, :]
 
 
-def _class_costs(params, batch, head):
-  """Source logits ``(n_s, K_s)`` and target logits per class ``(K_t, m, K_s)``."""
-  return source_logits(head, params, batch.zs), target_logits(head, params, batch.zt)
+def class_wasserstein(params: LogitTransforms, batch: Batch, head: hd.LinearHead, solve, *,
+                      sequential: bool = False) -> jax.Array:
+  """``W_rho(mu_t, nu_t)`` of every target class ``(K_t,)``, each from ``solve(C_t (n_s, m), a_t, b_t)`` -- the
+  per-class solver strategy (entropic for training, a rounded plan for the certificate). ``vmap`` over classes,
+  or one class at a time with ``sequential`` (``lax.map``: memory ``n_s x m x K_s``, and a solver that stops at
+  a threshold stops per class)."""
+  u = source_logits(head, params, batch.zs)
+  v = target_logits(head, params, batch.zt)  # (K_t, m, K_s)
+  one = lambda vt, a, b: solve(ot.logit_range(u, vt), a, b)
+  args = (v, class_weights(params, batch), batch.wt)
+  return jax.lax.map(lambda x: one(*x), args) if sequential else jax.vmap(one)(*args)
 
 
-def wasserstein(params: LogitTransforms, batch: Batch, head: hd.LinearHead, config) -> jax.Array:
-  """Training value of ``sum_t p_t W_rho(mu_t, nu_t)``: entropic Sinkhorn per class (``config.sinkhorn_iters``
-  fixed iterations, ``epsilon = config.epsilon * mean(C)``), envelope gradients."""
-  u, v = _class_costs(params, batch, head)
-  solve = lambda vt, a, b: ot.entropic_value(ot.logit_range(u, vt), a, b, epsilon=config.epsilon,
-                                            num_iters=config.sinkhorn_iters, lse_mode=config.sinkhorn_lse_mode)
-  class_w = jax.vmap(solve)(v, class_weights(params, batch), batch.wt)
-  return jnp.sum(batch.pt * class_w)
+def wasserstein(*, epsilon=0.05, num_iters: int = 10, lse_mode: bool = False):
+  """The training term ``sum_t p_t W_rho(mu_t, nu_t)``: each ``W`` the primal cost of an entropic Sinkhorn plan
+  (``num_iters`` fixed iterations, ``epsilon`` relative to the mean cost), envelope gradients
+  (:func:`ttjax.ot.entropic_value`). Returns ``fn(params, batch, head) -> scalar``."""
+  solve = lambda c, a, b: ot.entropic_value(c, a, b, epsilon=epsilon, num_iters=num_iters, lse_mode=lse_mode)
+  return lambda params, batch, head: jnp.sum(batch.pt * class_wasserstein(params, batch, head, solve))
 
 
-def map_penalty(params: LogitTransforms, batch=None, head=None, config=None) -> jax.Array:
+def map_penalty(params: LogitTransforms, batch=None, head=None) -> jax.Array:
   """``||A_bar - I||_F^2``: keeps the target map near the identity (training only, not part of the bound)."""
   return jnp.sum((params.A_bar - jnp.eye(params.A_bar.shape[0], dtype=params.A_bar.dtype)) ** 2)
-
-
-#: The logit-space objective, term by term: ``(name, fn, weight)``; a weight that is a string names a config field.
-TERMS = (
-    ("source_loss", weighted_source_loss, 1.0),
-    ("entropy", conditional_entropy, 1.0),
-    ("wasserstein", wasserstein, 1.0),
-    ("map_penalty", map_penalty, "lambda_map"),
-)
 
 
 # ----------------------------------------------------------------------------------------- certified evaluation
@@ -193,23 +190,22 @@ def certified_terms(params: LogitTransforms, pair: TaskPair, head: hd.LinearHead
 
   ``wasserstein = sum_t p_t <round(P_t), C_t>``: class ``t``'s rounded Sinkhorn plan (feasible), sequential over
   classes (memory ``n_s x m x K_s``). The Lipschitz constant is 1 (module docstring), so
-  ``bound = source_loss + entropy + wasserstein``.
+  ``bound = source_loss + entropy + wasserstein``. ``config``: a resolved :class:`ttjax.bound.BoundConfig`.
   """
   return _certified_terms(params, pair, full_batch(pair), head, config)
 
 
-def _certified_terms_impl(params, pair, batch, head, config):
+@jax.jit
+def _certified_terms(params, pair, batch, head, config):
   src, tgt = pair.source, pair.target
-  u, v = _class_costs(params, batch, head)
-  solve = lambda args: ot.certified_value(ot.logit_range(u, args[0]), args[1], args[2],
-                                          epsilon=config.eval_epsilon, num_iters=config.eval_iters,
-                                          threshold=config.eval_threshold)
-  class_w = jax.lax.map(solve, (v, class_weights(params, batch), batch.wt))
+  solve = lambda c, a, b: ot.certified_value(c, a, b, epsilon=config.eval_epsilon, num_iters=config.eval_iters,
+                                             threshold=config.eval_threshold)
+  class_w = class_wasserstein(params, batch, head, solve, sequential=True)
   nll = transformed_nll(head, params, batch.pt, tgt.features, tgt.labels)
   probs = transformed_probs(head, params, batch.pt, tgt.features)
   prior, label_map = label_transforms(params, batch.pt)
   # loss of h_T on the transformed source T' (labels t ~ B[:, y_i]): <= source_loss + entropy
-  soft = jax.nn.softmax(u, -1) @ label_map.T  # (n_s, K_t)
+  soft = jax.nn.softmax(source_logits(head, params, batch.zs), -1) @ label_map.T  # (n_s, K_t)
   t_loss = -jnp.log(jnp.maximum(soft, _PROB_FLOOR))
   weight = (prior[batch.ys] * batch.ws)[:, None] * label_map.T[batch.ys]
   return dict(
@@ -221,6 +217,3 @@ def _certified_terms_impl(params, pair, batch, head, config):
       transformed_source_loss=jnp.sum(weight * t_loss),
       D=prior, B=label_map,
   )
-
-
-_certified_terms = jax.jit(_certified_terms_impl, static_argnames=("config",))

@@ -1,9 +1,10 @@
 """The terms of the Task Transfer Analysis bound, one function each.
 
-Every term has the signature ``term(params, batch, head, config) -> scalar`` (``params``: :class:`Transforms`,
-``batch``: :class:`Batch`, ``head``: the source head, ``config``: anything with the fields the term reads), so the
-objective in :mod:`ttjax.bound` is literally a weighted sum of entries of a tuple, and a researcher adds or swaps
-one without touching the optimiser.
+Every term has the signature ``term(params, batch, head) -> scalar`` (``params``: :class:`Transforms`,
+``batch``: :class:`Batch`, ``head``: the source head); a term with hyper-parameters is built by a constructor that
+takes them and returns that function (:func:`wasserstein`), optax-style. The objective in :mod:`ttjax.bound` is
+literally a weighted sum of entries of a tuple, and a researcher adds or swaps one without touching the optimiser
+or a config class.
 
 The Wasserstein term is *label-split*: with ground cost ``c((x, t), (x', t')) = ||x - x'|| + Lambda 1[t != t']``
 the transport only needs to move mass between different labels when the label marginals differ. We use the
@@ -41,7 +42,7 @@ _TINY = 1e-12
 _SPLIT_SMOOTHING = 1e-3  # label mass; the training W's ramp width in label_split (the certified W uses 0)
 
 
-def weighted_source_loss(params: tf.Transforms, batch: Batch, head: hd.LinearHead, config=None) -> jax.Array:
+def weighted_source_loss(params: tf.Transforms, batch: Batch, head: hd.LinearHead) -> jax.Array:
   """``sum_s D_s Lbar_s`` with ``Lbar_s = sum_{i: y_i = s} ws_i CE(h_S(A_bar A z_i), s)`` the class-``s`` mean
   cross-entropy (natural log). Equivalently ``sum_s (D_s / p_S(s)) L_s`` with ``L_s = (1/n) sum_{i: y_i=s} CE_i``.
 
@@ -54,18 +55,18 @@ def weighted_source_loss(params: tf.Transforms, batch: Batch, head: hd.LinearHea
   return jnp.sum(params.D[batch.ys] * batch.ws * ce)
 
 
-def conditional_entropy(params: tf.Transforms, batch: Batch = None, head=None, config=None) -> jax.Array:
+def conditional_entropy(params: tf.Transforms, batch: Batch = None, head=None) -> jax.Array:
   """``H(Y_T | Y_S) = -sum_s D_s sum_t B_ts log B_ts`` (nats)."""
   log_b = jax.nn.log_softmax(params.b_logits, axis=0)
   return -jnp.sum(params.D * jnp.sum(jnp.exp(log_b) * log_b, axis=0))
 
 
-def prior_matching(params: tf.Transforms, batch: Batch, head=None, config=None) -> jax.Array:
+def prior_matching(params: tf.Transforms, batch: Batch, head=None) -> jax.Array:
   """``||p_T - B D||_2^2``."""
   return jnp.sum((batch.pt - params.B @ params.D) ** 2)
 
 
-def invertibility(params: tf.Transforms, batch=None, head=None, config=None) -> jax.Array:
+def invertibility(params: tf.Transforms, batch=None, head=None) -> jax.Array:
   """``||A A_bar - I||_F^2 + ||A_bar A - I||_F^2``."""
   eye = jnp.eye(params.A.shape[0], dtype=params.A.dtype)
   return jnp.sum((params.A @ params.A_bar - eye) ** 2) + jnp.sum((params.A_bar @ params.A - eye) ** 2)
@@ -126,21 +127,24 @@ def split_wasserstein(params: tf.Transforms, batch: Batch, cost_fn: ot.CostFn, s
   return w, class_w, jnp.sum(jnp.maximum(mass - batch.pt, 0.0))
 
 
-def wasserstein(params: tf.Transforms, batch: Batch, head=None, config=None) -> jax.Array:
-  """``W_split`` with each ``W_t`` the primal cost of an entropic Sinkhorn plan (ott-jax, ``config.sinkhorn_iters``
-  fixed iterations, ``epsilon = config.epsilon * mean(C)``) and envelope-theorem gradients. The training term;
+def wasserstein(*, cost_fn: ot.CostFn = ot.euclidean, label_cost=0.0, epsilon=0.05, num_iters: int = 10,
+                lse_mode: bool = False):
+  """The training term: ``W_split`` with each ``W_t`` the primal cost of an entropic Sinkhorn plan (ott-jax,
+  ``num_iters`` fixed iterations, ``epsilon`` relative to the mean cost) and envelope-theorem gradients, under the
+  ground cost ``cost_fn(x, y) + label_cost 1[t != t']``. Returns ``fn(params, batch, head) -> scalar``;
   :func:`ttjax.bound.evaluate` reports the certified version."""
-  cost_fn = ot.resolve_cost(config.cost_fn)
-  k_t, m, d = batch.zt.shape
-
-  def solve_classes(x, a_hat):
+  def solve_classes(x, batch, a_hat):
     # One (n_s, K_t m) cost matrix -- one large matmul instead of K_t thin ones -- viewed as K_t class blocks.
+    k_t, m, d = batch.zt.shape
     cost = cost_fn(x, batch.zt.reshape(k_t * m, d)).reshape(x.shape[0], k_t, m)
-    solve = lambda c, a, b: ot.entropic_value(c, a, b, epsilon=config.epsilon, num_iters=config.sinkhorn_iters,
-                                              lse_mode=config.sinkhorn_lse_mode)
+    solve = lambda c, a, b: ot.entropic_value(c, a, b, epsilon=epsilon, num_iters=num_iters, lse_mode=lse_mode)
     return jax.vmap(solve, in_axes=(1, 0, 0))(cost, a_hat, batch.wt)
 
-  return split_wasserstein(params, batch, cost_fn, solve_classes, config.label_cost, smoothing=_SPLIT_SMOOTHING)[0]
+  def term(params, batch, head=None):
+    return split_wasserstein(params, batch, cost_fn, lambda x, a_hat: solve_classes(x, batch, a_hat), label_cost,
+                             smoothing=_SPLIT_SMOOTHING)[0]
+
+  return term
 
 
 def transformed_source_loss(params: tf.Transforms, batch: Batch, head: hd.LinearHead) -> jax.Array:

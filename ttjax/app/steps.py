@@ -3,6 +3,8 @@
 * :func:`ground_truth`: last-layer fine-tuning (:func:`ttjax.finetune.finetune_arrays`: vmapped lr x wd sweep,
   early stopping on a validation part of train) -> test accuracy and loss: the actual transfer;
 * :func:`source_probs`: a linear head trained on the source features, applied to the target (for LEEP / NCE);
+* :func:`model_source_probs`: the encoder's own pre-trained classifier on the target (EfficientNet-Lite's ImageNet
+  head), which LEEP / NCE use instead when the model has one;
 * :func:`compute_scores`: every requested transferability score (higher = more transferable);
 * :func:`bound_row`: the TTA bound (:func:`ttjax.bound.tta`) as a JSON-ready dict;
 * :func:`relatedness_row`: the label-free relatedness (:func:`ttjax.relatedness.relatedness`: the target's labels
@@ -23,14 +25,15 @@ import numpy as np
 from ttjax.app.resolve import TaskData, TaskError
 from ttjax.bound import tta
 from ttjax.data import train_test_split
+from ttjax.features.zoo import source_head
 from ttjax.finetune import finetune_arrays
 from ttjax.head import fit_head, logits
 from ttjax.label_free import relatedness
 from ttjax.scores import get_score, list_scores, score
 from ttjax.tasks import check_not_constant, standardize
 
-__all__ = ["ground_truth", "source_probs", "compute_scores", "bound_row", "score_names", "SOURCE_SCORES",
-           "shuffled", "relatedness_row"]
+__all__ = ["ground_truth", "source_probs", "model_source_probs", "compute_scores", "bound_row", "score_names",
+           "SOURCE_SCORES", "shuffled", "relatedness_row"]
 
 SOURCE_SCORES = ("leep", "nce", "otce")  # need a source task
 
@@ -82,8 +85,26 @@ def source_probs(key: jax.Array, source: TaskData, target_features: np.ndarray, 
   return np.asarray(jax.nn.softmax(logits(head, zt), axis=-1), np.float64)
 
 
-def score_names(requested: str, have_source: bool) -> tuple[list[str], dict]:
-  """Expand ``"all"`` or ``"name,name"`` into registered names; ``(names, {skipped name: reason})``."""
+def model_source_probs(task: TaskData) -> Optional[np.ndarray]:
+  """``(n, K)`` float64 class probabilities of the task's encoder's own pre-trained classifier on its train split:
+  ``softmax(z W + b)`` with the zoo's :func:`ttjax.features.zoo.source_head` (EfficientNet-Lite: the ImageNet-1k
+  head on the pooled features, K = 1000 -- exactly the network's logits). ``None`` when the model has no such
+  head (text encoders, checkpoint folders) or the task's features are not the model's own (a feature file)."""
+  if "dataset" not in task.meta:
+    return None
+  head = source_head(task.model)
+  if head is None or head[0].shape[0] != task.dim:
+    return None
+  logits = np.asarray(task.features, np.float64) @ head[0] + head[1]
+  e = np.exp(logits - logits.max(axis=1, keepdims=True))
+  return e / e.sum(axis=1, keepdims=True)
+
+
+def score_names(requested: str, have_source: bool, have_probs: bool = False) -> tuple[list[str], dict]:
+  """Expand ``"all"`` or ``"name,name"`` into registered names; ``(names, {skipped name: reason})``.
+
+  Without a source, the scores that need one are skipped, except those that need only ``source_probs`` when
+  ``have_probs`` (the models carry their own classifier: :func:`model_source_probs`)."""
   if requested.strip().lower() == "all":
     names = list_scores()
   else:
@@ -96,7 +117,7 @@ def score_names(requested: str, have_source: bool) -> tuple[list[str], dict]:
   skipped = {}
   if not have_source:
     for n in list(names):
-      if get_score(n).requires:
+      if get_score(n).requires and not (have_probs and set(get_score(n).requires) == {"source_probs"}):
         skipped[n] = "needs --source"
         names.remove(n)
   if not names:
@@ -110,8 +131,9 @@ def compute_scores(key: jax.Array, target: TaskData, names: Sequence[str], sourc
   """``({score: value}, {score: error})`` of ``target`` (its train split); higher = more transferable.
 
   Source-based scores use ``source``: LEEP / NCE the probabilities of a head trained on it (``probs``, computed
-  here when not given), OTCE its features and labels. A score that fails (e.g. too few samples per class for its
-  estimator) is reported in the second dict, not raised.
+  here when not given; a model's own classifier, :func:`model_source_probs`, is passed as ``probs`` and needs no
+  source), OTCE its features and labels. A score that fails (e.g. too few samples per class for its estimator) or
+  lacks its inputs is reported in the second dict, not raised.
   """
   try:
     check_not_constant(target.features, name=f"{target.name}: features")
@@ -119,7 +141,7 @@ def compute_scores(key: jax.Array, target: TaskData, names: Sequence[str], sourc
     raise TaskError(str(e)) from None
   z, y = standardize(jnp.asarray(target.features, jnp.float32)), np.asarray(target.labels)
   values, errors = {}, {}
-  extra = {}
+  extra = {} if probs is None else {"source_probs": probs}
   if source is not None:
     if any("source_probs" in get_score(n).requires for n in names) and probs is None:
       probs = source_probs(key, source, target.features)
@@ -127,6 +149,9 @@ def compute_scores(key: jax.Array, target: TaskData, names: Sequence[str], sourc
                  source_labels=np.asarray(source.labels))
   for name in names:
     spec = get_score(name)
+    if any(r not in extra for r in spec.requires):
+      errors[name] = "needs --source"
+      continue
     try:
       v = score(name, z, y, key=key if spec.uses_key else None, **{r: extra[r] for r in spec.requires})
     except (ValueError, FloatingPointError, np.linalg.LinAlgError) as e:

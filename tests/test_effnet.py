@@ -221,6 +221,15 @@ def test_image_batch_pads_and_names_bad_input():
     images.image_batch(np.zeros((5, 8, 8), np.uint8), 4)
 
 
+def test_extract_names_a_modality_mismatch():
+  never = lambda *a: pytest.fail("no work before the modality check")
+  for modality, inputs, got in (("image", ["a text", "another"], "2 texts"),
+                                ("text", np.zeros((3, 8, 8, 1), np.uint8), r"images of shape \(3, 8, 8, 1\)")):
+    enc = encoder.Encoder(f"{modality}-enc", modality, 4, never, None, never, 2, "x")
+    with pytest.raises(ValueError, match=rf"{modality}-enc is an? {modality} encoder but got {got}"):
+      encoder.extract(enc, inputs)
+
+
 def test_zoo_entries_and_cache_keys():
   for v, res in (("lite0", 224), ("lite1", 240), ("lite2", 260)):
     e = zoo.zoo_entry(f"effnet-{v}")

@@ -231,7 +231,7 @@ def _flax_key(name: str, bn_modules: set) -> Optional[tuple]:
   return ("params", *mods, {"weight": "kernel"}.get(leaf, leaf))
 
 
-def _flax_value(name: str, value: np.ndarray) -> np.ndarray:
+def _flax_value(value: np.ndarray) -> np.ndarray:
   """Torch layouts -> Flax: conv ``(O, I/groups, kh, kw)`` -> ``(kh, kw, I/groups, O)``; linear ``(O, I)`` ->
   ``(I, O)``; vectors as they are (float32)."""
   v = np.asarray(value, np.float32)
@@ -256,7 +256,7 @@ def torch_to_flax(state_dict: dict, config: LiteConfig, *, source: str = "state 
     if key not in want:
       raise ValueError(f"{source}: tensor {name!r} {np.shape(value)} has no place in EfficientNet-{config.name} "
                        f"(is this the {config.name} checkpoint?)")
-    v = _flax_value(name, value)
+    v = _flax_value(value)
     if v.shape != want[key]:
       raise ValueError(f"{source}: tensor {name!r} has shape {np.shape(value)}, EfficientNet-{config.name} needs "
                        f"{want[key]} in Flax layout (is this the {config.name} checkpoint?)")
@@ -319,5 +319,6 @@ def load_effnet_encoder(weights: Union[str, os.PathLike], variant: str, *, name:
   return Encoder(name=name or f"effnet-{variant}", modality="image",
                  dim=HEAD if output == "features" else NUM_CLASSES, apply=jax.jit(apply),
                  params=jax.device_put(params, device or jax.devices()[0]),
-                 prepare=lambda images: {"images": image_batch(images, batch_size)}, batch_size=batch_size,
+                 prepare=lambda images: {"images": image_batch(images, batch_size, name=name or f"effnet-{variant}")},
+                 batch_size=batch_size,
                  fingerprint=fingerprint("effnet", cid, feature_options(meta)), meta=meta)

@@ -18,7 +18,8 @@ import numpy as np
 
 from ttjax.progress import progress as progress_bar
 
-__all__ = ["Encoder", "extract", "fingerprint", "feature_options", "pad_rows", "resolve_dtype", "masked_mean"]
+__all__ = ["Encoder", "extract", "fingerprint", "feature_options", "pad_rows", "resolve_dtype", "masked_mean",
+           "check_modality"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +98,17 @@ def _num_items(inputs) -> int:
   return inputs.shape[0] if hasattr(inputs, "shape") else len(inputs)
 
 
+def check_modality(encoder: Encoder, inputs) -> None:
+  """Raise ``ValueError`` naming the encoder when ``inputs`` are of the other modality: texts (a list of str) for an
+  image encoder, or an image array ``(n, H, W[, C])`` for a text encoder."""
+  images = hasattr(inputs, "shape") and len(inputs.shape) >= 3
+  texts = not hasattr(inputs, "shape") and len(inputs) > 0 and isinstance(inputs[0], str)
+  if (encoder.modality == "image" and texts) or (encoder.modality == "text" and images):
+    got = f"{len(inputs)} texts" if texts else f"images of shape {tuple(inputs.shape)}"
+    raise ValueError(f"{encoder.name} is a{'n' if encoder.modality == 'image' else ''} {encoder.modality} encoder "
+                     f"but got {got}: embed text tasks with a text encoder, image tasks with an image encoder")
+
+
 def extract(encoder: Encoder, inputs, *, progress: Optional[bool] = None, desc: Optional[str] = None,
             device: Optional[jax.Device] = None) -> np.ndarray:
   """Features ``(n, encoder.dim)`` float32 of ``inputs`` (list of str, or uint8 images ``(n, H, W[, C])``).
@@ -106,6 +118,7 @@ def extract(encoder: Encoder, inputs, *, progress: Optional[bool] = None, desc: 
   device) with ``jax.device_put``; host preparation of batch ``t+1`` overlaps the device work on batch ``t``
   through asynchronous dispatch. ``progress`` (default: when there are more than 8 batches) shows a tqdm bar.
   """
+  check_modality(encoder, inputs)
   n = _num_items(inputs)
   bs = encoder.batch_size
   if n == 0:

@@ -87,7 +87,7 @@ def rebuild_tensor(storage, storage_offset, size, stride, *args) -> TensorRef:
   return TensorRef(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
 
 
-def rebuild_parameter(data, *args) -> TensorRef:
+def rebuild_parameter(data: TensorRef, *args) -> TensorRef:
   """``torch._utils._rebuild_parameter(data, requires_grad, hooks)``: the tensor itself."""
   return data
 

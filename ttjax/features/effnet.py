@@ -188,14 +188,14 @@ class EfficientNetLite(nn.Module):
   """
 
   config: LiteConfig
-  dtype: Optional[jnp.dtype] = None
   grouped: bool = False  # depthwise as a grouped convolution (DepthwiseConv)
+  dtype: Optional[jnp.dtype] = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    c, dt = self.config, self.dtype
+    dt = self.dtype
     h = jax.nn.relu6(_bn("bn0", dt)(_conv(STEM, 3, 2, name="conv_stem", dtype=dt)(x)))
-    for i, spec in enumerate(block_specs(c)):
+    for i, spec in enumerate(block_specs(self.config)):
       h = MBConv(spec, dt, self.grouped, name=f"blocks_{i}")(h)
     h = jax.nn.relu6(_bn("bn1", dt)(_conv(HEAD, 1, name="conv_head", dtype=dt)(h)))
     features = jnp.mean(h.astype(jnp.float32), axis=(1, 2))

@@ -151,3 +151,32 @@ def test_centroid_label_maps_equal_the_single_calls(zoo):
     want = tf.centroid_label_map(s.features, s.labels, t.features, t.labels, s.num_classes, t.num_classes)
     assert b.shape == (t.num_classes, s.num_classes)
     np.testing.assert_allclose(b, want, rtol=1e-5, atol=1e-7)
+
+
+def _encoder_zoo(dims=(6, 9, 13), n_s=120, n_t=100, seed=0):
+  """One (source, target) task pair seen through encoders of different widths: the zoo's case (same rows)."""
+  rng = np.random.default_rng(seed)
+  y_s = np.concatenate([np.arange(4), rng.integers(0, 4, n_s - 4)])
+  y_t = np.concatenate([np.arange(3), rng.integers(0, 3, n_t - 3)])
+  out = []
+  for d in dims:
+    c_s, c_t = 3.0 * rng.normal(size=(4, d)), 3.0 * rng.normal(size=(3, d))
+    out.append((make_task(c_s[y_s] + rng.normal(size=(n_s, d)), y_s),
+                make_task(c_t[y_t] + rng.normal(size=(n_t, d)), y_t)))
+  return out
+
+
+def test_default_certified_bound_of_a_zoo_is_one_batched_program_equal_to_the_single_runs():
+  """The default (logit space, held out): encoders of different widths are zero-padded to the widest (exact) and
+  fitted / certified as one group; every result equals ``analyse`` of the same key."""
+  pairs = _encoder_zoo()
+  cfg = bd.BoundConfig(steps=40, batch_size=None, head_steps=50, eval_iters=500)
+  keys = jax.random.split(jax.random.PRNGKey(0), len(pairs))
+  batch = bt.analyse_batch(keys, [s for s, _ in pairs], [t for _, t in pairs], cfg)
+  single = [bd.analyse(keys[i], *pairs[i], cfg) for i in range(len(pairs))]
+  _close([a.result for a in batch], [a.result for a in single], rtol=1e-4)
+  for a, b in zip(batch, single):
+    assert a.result.split == "held-out" and a.result.certified
+    assert a.params.A_bar.shape == b.params.A_bar.shape  # unpadded
+    np.testing.assert_allclose(np.asarray(a.params.A_bar), np.asarray(b.params.A_bar), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(a.result.B), np.asarray(b.result.B), atol=1e-5)

@@ -1,5 +1,7 @@
 """The certified logit-space bound: its Lipschitz lemma, its W against an exact solver, the inequality on held-out
 data re-derived in numpy, and the paper variant's results pinned to the values main computed before the change."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -273,3 +275,24 @@ def test_a_sweep_over_learning_rates_lambdas_epsilons_and_tau_compiles_once(task
     with _CompileCounter() as counter:  # a program-shaping field does recompile (the counter works)
       bd.analyse(key, source, target, base.replace(steps=31))
     assert counter.count > 0
+
+
+def test_transport_classes_surrogate_prices_every_label_map_entry(tasks):
+  """The cheap training W (``transport_classes=k``): equal to the full term when k covers every source class; with
+  k < K_s close to it, and every entry of P(s | t) still gets a gradient (the other classes' mass moves from their
+  class-mean logits); on a full batch (not class-major) the exact term runs."""
+  from ttjax.sampling import full_batch, make_pair, sample_batch
+  pair = make_pair(tasks["source"], tasks["related"])
+  _, head, params, _ = bd.prepare(jax.random.PRNGKey(0), tasks["source"], tasks["related"], CFG)
+  noise = jax.random.normal(jax.random.PRNGKey(1), params.p_logits.shape)
+  params = dataclasses.replace(params, p_logits=params.p_logits + noise)  # a spread label map
+  batch = sample_batch(jax.random.PRNGKey(2), pair, 30, 30)
+  term = lambda **kw: lb.wasserstein(epsilon=0.01, num_iters=300, **kw)
+  full = float(term()(params, batch, head))
+  np.testing.assert_allclose(float(term(transport_classes=K)(params, batch, head)), full, rtol=1e-6)
+  cheap = term(transport_classes=1)
+  assert abs(float(cheap(params, batch, head)) - full) < 0.5 * full
+  grad = np.asarray(jax.grad(lambda p: cheap(p, batch, head))(params).p_logits)
+  assert np.all(np.abs(grad) > 0)
+  whole = full_batch(pair)
+  np.testing.assert_allclose(float(cheap(params, whole, head)), float(term()(params, whole, head)))

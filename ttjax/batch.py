@@ -1,16 +1,24 @@
 """Many (source, target) pairs in one compiled program: padding, ``vmap`` over pairs, sharding over devices.
 
 ``bound_batch(key, sources, targets, config)`` computes the TTA bound of ``P`` pairs -- one target against a zoo
-of encoders' features, one encoder against many targets, or any list -- with the head training, the ``lax.scan``
-fit loop and the evaluation's terms each vectorised over the pair axis (``vmap`` in blocks of ``chunk`` pairs, so
-a block's working set stays in cache) and the certified ``W`` solved pair after pair inside the same program (its
-Sinkhorn stops at a threshold: vmapped, every pair would run until the slowest converged), instead of a Python
-loop of jitted calls. Pair ``i`` uses ``keys[i]`` exactly as ``analyse(keys[i], sources[i], targets[i],
-config)`` does (``k_head, k_init, k_fit = split(keys[i], 3)``), so for pairs of equal shapes the results equal the
-single runs up to float reassociation.
+of encoders' features, one encoder against many targets, or any list -- through the one per-pair pipeline of
+:func:`ttjax.bound.analyse` (split, prepare, fit, evaluate), with ``fit`` and the certified evaluation run as
+batched, device-sharded programs instead of a Python loop of jitted calls. Pair ``i`` uses ``keys[i]`` exactly as
+``analyse(keys[i], sources[i], targets[i], config)`` does, so the results equal the single runs up to float
+reassociation. Two layouts:
 
-**Padding.** Pairs with the same feature dimension ``d`` are batched (``d`` fixes ``Lambda`` and ``A``; each distinct
-``d`` is its own program). Within a group, every pair is padded to the group's ``n_s, n_t, K_s, K_t``:
+* **Prepared pairs** (the default certified bound, and every held-out run): the host steps (held-out split,
+  source head, starting transforms) run per pair as in ``analyse``; pairs whose arrays have equal shapes are
+  stacked. In logit space the feature dimension is zero-padded to the group's widest first (exact: zero columns
+  get zero gradients), so a zoo of encoders on one task pair is one group whatever their widths.
+* **Ragged pairs** (the paper's feature-space bound, in sample): the head training, the fit loop and the
+  evaluation's terms are vectorised over the pair axis (``vmap`` in blocks of ``chunk`` pairs), with pairs of
+  different ``n`` and ``K`` padded as below, and the certified ``W`` solved pair after pair inside the same
+  program (its Sinkhorn stops at a threshold: vmapped, every pair would run until the slowest converged).
+
+**Padding (ragged pairs).** Pairs with the same feature dimension ``d`` are batched (``d`` fixes ``Lambda`` and
+``A``; each distinct ``d`` is its own program). Within a group, every pair is padded to the group's
+``n_s, n_t, K_s, K_t``:
 
 * padded *points* get weight 0 in every sum (``ws``, ``wt``, masks in the means) and are copies of a real point
   of the same task, so every max over points (``tau_hat``, the largest target loss) is unchanged;
@@ -74,10 +82,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ttjax import bound as bd
 from ttjax import head as hd
+from ttjax import logit_bound as lb
 from ttjax import ot
 from ttjax import terms as tm
 from ttjax import transforms as tf
-from ttjax.sampling import Batch, make_pair
+from ttjax.sampling import Batch, TaskPair, full_batch, make_pair
 from ttjax.tasks import Task, check_task
 
 __all__ = ["PaddedPair", "pad_pair", "stack_pairs", "fit_head_padded", "centroid_label_maps", "analyse_batch",
@@ -139,7 +148,7 @@ class PaddedPair:
     dt = zs.dtype
     return Batch(zs=zs.reshape(ks * self.m_s_max, -1), ys=jnp.repeat(jnp.arange(ks), self.m_s_max),
                  ws=(vs / self.m_s.astype(dt)).reshape(-1).astype(dt), zt=zt,
-                 wt=(vt / self.m_t.astype(dt)).astype(dt), pt=self.pt)
+                 wt=(vt / self.m_t.astype(dt)).astype(dt), pt=self.pt, per_class_source=self.m_s_max)
 
 
 def _draw_padded(key, sorted_z, offsets, counts, m, m_max):
@@ -338,6 +347,20 @@ def _certified_one(config: bd.BoundConfig, params, full: Batch):
   return w0, mismatch
 
 
+def _fit_one(config: bd.BoundConfig, k_fit, params, data, head):
+  """:func:`ttjax.bound.fit` of one prepared pair."""
+  return bd.fit_resolved(k_fit, params, data, head, config)
+
+
+def _certify_one(config: bd.BoundConfig, params, pair: TaskPair, batch: Batch, head):
+  """The certified evaluation of one prepared pair: logit space, :func:`ttjax.logit_bound.certified_terms`;
+  feature space, :func:`ttjax.bound.evaluate_terms` with the certified label-split ``W`` as ``w0`` / ``mismatch``."""
+  if config.space == "logit":
+    return lb.certified_terms(params, pair, batch, head, config)
+  w0, _, mismatch = bd.certified_w(params, batch, config)
+  return dict(bd.evaluate_terms(params, pair, head, batch, config), w0=w0, mismatch=mismatch)
+
+
 # ------------------------------------------------------------------------------------------------- sharding
 
 
@@ -348,38 +371,34 @@ def pair_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
 
 
 @functools.lru_cache(maxsize=64)
-def _program(kind: str, config_structure, mesh: Mesh, chunk: Optional[int], train_head: bool = False,
-             learn: bool = False):
-  """A jitted ``shard_map`` over the pair axis, its first argument the (resolved) config, replicated and traced.
-  ``"train"``: ``lax.map(per-pair training, batch_size=chunk)`` (``chunk=None``: plain ``vmap`` over the device's
-  pairs). ``"eval"``: the fixed-size terms the same way, and the certified ``W`` *sequentially* over pairs
-  (``lax.map``): its Sinkhorn stops at a marginal-error threshold, and a vmapped ``while_loop`` would run every
-  pair until the slowest pair of the block converges (up to ``eval_iters``), where a single run stops at its own
-  count. Cached per (config structure: its static fields, mesh, chunk): a config that differs only in its numbers
-  reuses the program."""
-  del config_structure  # the cache key: the static part of the config
-  vectorised = lambda one, args: jax.vmap(one)(args) if chunk is None else jax.lax.map(one, args, batch_size=chunk)
-  if kind == "train":
-    local = lambda config, *args: vectorised(lambda a: _train_one(config, train_head, learn, *a), args)
-    nargs = 5
+def _program(one, flags: tuple, nargs: int, config_structure, mesh: Mesh, chunk: Optional[int], sequential: bool):
+  """A jitted ``shard_map`` over the pair axis running ``one(config, *flags, *pair_args)`` for every pair of the
+  device's block: ``lax.map`` in blocks of ``chunk`` pairs (``chunk=None``: plain ``vmap``), or strictly one pair
+  after another with ``sequential`` -- for the certified ``W``, whose Sinkhorn stops at a marginal-error
+  threshold: vmapped, its ``while_loop`` would run every pair until the slowest pair of the block converged (up to
+  ``eval_iters``), where a single run stops at its own count. The first argument, the resolved config, is
+  replicated and traced. Cached per (function, flags, config structure -- its static fields --, mesh, chunk): a
+  config that differs only in its numbers reuses the program."""
+  del config_structure  # part of the cache key only
+  body = lambda config: lambda a: one(config, *flags, *a)
+  if sequential:
+    local = lambda config, *args: jax.lax.map(body(config), args)
+  elif chunk is None:
+    local = lambda config, *args: jax.vmap(body(config))(args)
   else:
-    def local(config, params, pp, head):
-      terms = vectorised(lambda a: _evaluate_terms_one(config, *a), (params, pp, head))
-      w0, mismatch = jax.lax.map(lambda a: _certified_one(config, *a), (params, pp.full))
-      return terms, w0, mismatch
-    nargs = 3
-
+    local = lambda config, *args: jax.lax.map(body(config), args, batch_size=chunk)
   spec = PartitionSpec("pairs")
   return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(),) + (spec,) * nargs, out_specs=spec,
                                check_vma=False))
 
 
-def _run(kind: str, config: bd.BoundConfig, mesh: Mesh, chunk, *args, **flags):
-  """Run :func:`_program` with ``config``'s numbers as traced arguments (replicated over the mesh)."""
+def _run(one, config: bd.BoundConfig, mesh: Mesh, chunk, *args, flags: tuple = (), sequential: bool = False):
+  """Run :func:`_program` on sharded pair arguments, with ``config``'s numbers as traced arguments (replicated)."""
   replicated = NamedSharding(mesh, PartitionSpec())
   put = lambda x: (lambda a: jax.make_array_from_callback(a.shape, replicated, lambda idx: a[idx]))(
       np.asarray(x, np.float32))
-  return _program(kind, jax.tree_util.tree_structure(config), mesh, chunk, **flags)(jax.tree.map(put, config), *args)
+  program = _program(one, flags, len(args), jax.tree_util.tree_structure(config), mesh, chunk, sequential)
+  return program(jax.tree.map(put, config), *args)
 
 
 def _shard(tree, mesh: Mesh):
@@ -528,10 +547,7 @@ def analyse_batch(key: jax.Array, sources: Union[Task, Sequence[Task]], targets:
     raise ValueError(f"analyse_batch: {keys.shape[0]} keys for {num} pairs")
   heads, label_maps, priors = _as_list(heads, num), _as_list(label_maps, num), _as_list(priors, num)
   if config.space == "logit" or config.holdout > 0:
-    # The vmapped program covers the in-sample feature-space bound; the certified logit-space bound and held-out
-    # evaluation run pair by pair through the one per-pair pipeline (same keys, same results as analyse).
-    out = [bd.analyse(keys[i], sources[i], targets[i], config, head=heads[i], label_map=label_maps[i],
-                      prior=priors[i]) for i in range(num)]
+    out = _analyse_prepared(keys, sources, targets, config, heads, label_maps, priors, pair_mesh(devices), chunk)
     seconds = (time.perf_counter() - start) / num
     return [dataclasses.replace(a, result=dataclasses.replace(a.result, seconds=seconds)) for a in out]
   mesh = pair_mesh(devices)
@@ -553,6 +569,103 @@ def bound_batch(key: jax.Array, sources, targets, config: bd.BoundConfig = bd.Bo
                 **kw) -> list[bd.BoundResult]:
   """The :class:`ttjax.bound.BoundResult` of every pair (:func:`analyse_batch` without the extras)."""
   return [a.result for a in analyse_batch(key, sources, targets, config, **kw)]
+
+
+# ------------------------------------------------------------------------------ prepared pairs (default path)
+
+
+def _pad_last(x, d: int):
+  """Zero-pad the last axis of ``x`` to ``d``."""
+  x = np.asarray(x)
+  return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, d - x.shape[-1])]) if x.shape[-1] < d else x
+
+
+def _pad_task(task: Task, d: int) -> Task:
+  return Task(features=_pad_last(task.features, d), labels=np.asarray(task.labels), num_classes=task.num_classes)
+
+
+def _pad_pair_dim(pair: TaskPair, d: int) -> TaskPair:
+  return dataclasses.replace(
+      pair, source=_pad_task(pair.source, d), target=_pad_task(pair.target, d),
+      zs_sorted=_pad_last(pair.zs_sorted, d), zt_sorted=_pad_last(pair.zt_sorted, d),
+      **{f: np.asarray(getattr(pair, f)) for f in ("s_offsets", "s_counts", "t_offsets", "t_counts")})
+
+
+def _pad_dim(prepared: tuple, d: int) -> tuple:
+  """One prepared logit-space pair ``(k_fit, params, fit data, eval pair, eval batch, head)`` with its features
+  zero-padded to ``d`` columns, the head's ``W`` with zero columns, ``A_bar`` with an identity block and ``b``
+  with zeros. Exact: a zero column gets a zero gradient everywhere (logits, ``A_bar``, ``b``, the map penalty at
+  its minimum), so Adam leaves the padding where it is and every number of the real block is unchanged."""
+  k_fit, params, data, pair, batch, head = prepared
+  dim = params.A_bar.shape[0]
+  a_bar = np.eye(d, dtype=np.float32)
+  a_bar[:dim, :dim] = np.asarray(params.A_bar)
+  pad_batch = lambda b: dataclasses.replace(b, zs=_pad_last(b.zs, d), zt=_pad_last(b.zt, d),
+                                            **{f: np.asarray(getattr(b, f)) for f in ("ys", "ws", "wt", "pt")})
+  data = pad_batch(data) if isinstance(data, Batch) else _pad_pair_dim(data, d)
+  params = dataclasses.replace(params, A_bar=a_bar, b=_pad_last(params.b, d),
+                               **{f: np.asarray(getattr(params, f)) for f in ("p_logits", "log_temperature")})
+  return (np.asarray(k_fit), params, data, _pad_pair_dim(pair, d), pad_batch(batch),
+          hd.LinearHead(W=_pad_last(head.W, d), c=np.asarray(head.c)))
+
+
+def _analyse_prepared(keys, sources, targets, config, heads, label_maps, priors, mesh, chunk) -> list[bd.Analysis]:
+  """The one per-pair pipeline (:func:`ttjax.bound.analyse`: split, prepare, fit, evaluate) for every pair, with
+  ``fit`` and the certified evaluation run as batched, device-sharded programs.
+
+  The host steps run per pair with the pair's key exactly as ``analyse`` runs them (the held-out split, the source
+  head, the starting transforms). Pairs whose arrays have the same shapes are then stacked: in logit space the
+  feature dimension is zero-padded to the group's largest first (:func:`_pad_dim`, exact), so the encoders of a
+  zoo on one (source, target) task pair form one group; in feature space ``d`` fixes ``Lambda``, ``tau`` and
+  ``A``, so each ``d`` is its own group. Each group's fits run as one vmapped program (blocks of ``chunk`` pairs),
+  its certified evaluations one pair after another in one program (see :func:`_program`)."""
+  num = len(sources)
+  logit = config.space == "logit"
+  prepared, meta = [], []
+  for i in range(num):
+    fit_pair, eval_pair, split = bd.split_pair(keys[i], sources[i], targets[i], config)
+    cfg, head, params, k_fit = bd.prepare(keys[i], fit_pair.source, fit_pair.target, config,
+                                          label_map=label_maps[i], prior=priors[i], head=heads[i])
+    prepared.append((k_fit, params, bd.fit_data(fit_pair, cfg), eval_pair, full_batch(eval_pair), head))
+    meta.append((cfg, split, fit_pair))
+  dims = [s.dim for s in sources]
+  shape_of = lambda tree: (jax.tree_util.tree_structure(tree), tuple(np.shape(x) for x in jax.tree.leaves(tree)))
+  groups: dict = {}
+  for i in range(num):
+    d = max(dims) if logit else dims[i]
+    groups.setdefault((d, shape_of(_pad_dim(prepared[i], d) if logit else prepared[i])), []).append(i)
+  out: list[Optional[bd.Analysis]] = [None] * num
+  ndev = mesh.devices.size
+  for (d, _), idx in groups.items():
+    order = idx + [idx[0]] * (-len(idx) % ndev)  # pad the pair axis to a multiple of the device count
+    stack = lambda trees: jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+    group = stack([_pad_dim(prepared[i], d) if logit else prepared[i] for i in order])
+    k_fit, params, data, pair, batch, head = _shard(group, mesh)
+    cfg = meta[idx[0]][0] if not logit else config.resolved(d)
+    history = {}
+    if cfg.trainable:
+      params, history = _run(_fit_one, cfg, mesh, chunk, k_fit, params, data, head)
+    terms = _run(_certify_one, cfg, mesh, chunk, params, pair, batch, head, sequential=True)
+    params, history, terms = _gather((params, history, terms))
+    for j, i in enumerate(idx):
+      p = jax.tree.map(lambda x: x[j], params)
+      if logit:
+        dim = sources[i].dim
+        p = dataclasses.replace(p, A_bar=p.A_bar[:dim, :dim], b=p.b[:dim])
+      p = jax.tree.map(jnp.asarray, p)
+      t = {k: v[j] for k, v in terms.items()}
+      cfg_i, split, fit_pair = meta[i]
+      eval_pair, head_i = prepared[i][3], prepared[i][5]
+      sizes = dict(split=split, n_source_fit=fit_pair.source.n, n_target_fit=fit_pair.target.n,
+                   n_source_eval=eval_pair.source.n, n_target_eval=eval_pair.target.n)
+      if logit:
+        res = bd.logit_result(t, p, cfg_i, eval_pair.num_source, eval_pair.num_target, **sizes)
+      else:
+        w0, mismatch = t.pop("w0"), t.pop("mismatch")
+        res = bd.assemble_result(t, w0, mismatch, p, cfg_i, eval_pair.num_source, eval_pair.num_target, **sizes)
+      out[i] = bd.Analysis(result=res, params=p, head=head_i, pair=eval_pair,
+                           history={k: v[j] for k, v in history.items()}, fit_pair=fit_pair)
+  return out
 
 
 def _analyse_group(keys, sources, targets, config, heads, label_maps, priors, mesh, chunk):
@@ -588,8 +701,9 @@ def _analyse_group(keys, sources, targets, config, heads, label_maps, priors, me
   k_fit = np.stack([np.asarray(sp[2]) for sp in splits])
   learn = bool(config.trainable)
   args = _shard((k_head, k_fit, stacked, params0, head_in), mesh)
-  params, head, history = _run("train", config, mesh, chunk, *args, train_head=train_head, learn=learn)
-  t, w0, mismatch = _run("eval", config, mesh, chunk, params, args[2], head)
+  params, head, history = _run(_train_one, config, mesh, chunk, *args, flags=(train_head, learn))
+  t = _run(_evaluate_terms_one, config, mesh, chunk, params, args[2], head)
+  w0, mismatch = _run(_certified_one, config, mesh, chunk, params, args[2].full, sequential=True)
   params, head, history, t, w0, mismatch = _gather((params, head, history, t, w0, mismatch))
   out = []
   for j in range(num):

@@ -42,7 +42,7 @@ __all__ = [
     "fit", "fit_resolved", "batch_drawer",
     "evaluate", "prepare", "initial_label_map", "analyse", "tta", "feature_gradients", "default_label_cost", "default_tau",
     "tta_bound", "assemble_result", "certified_w", "evaluate_terms", "feature_terms", "source_head", "holdout_split",
-    "optimizer", "per_class", "STATIC_FIELDS", "TRACED_FIELDS",
+    "optimizer", "per_class", "STATIC_FIELDS", "TRACED_FIELDS", "split_pair", "fit_data", "logit_result",
 ]
 
 
@@ -77,7 +77,8 @@ def default_terms(config: "BoundConfig") -> tuple[Term, ...]:
     return (Term("source_loss", lb.weighted_source_loss),
             Term("entropy", lb.conditional_entropy),
             Term("wasserstein", lb.wasserstein(epsilon=config.epsilon, num_iters=config.sinkhorn_iters,
-                                               lse_mode=config.sinkhorn_lse_mode)),
+                                               lse_mode=config.sinkhorn_lse_mode,
+                                               transport_classes=config.transport_classes)),
             Term("map_penalty", lb.map_penalty, config.lambda_map))
   return (Term("source_loss", tm.weighted_source_loss),
           Term("entropy", tm.conditional_entropy),
@@ -124,6 +125,8 @@ class BoundConfig:
     min_label_mass: which (source point, target label) pairs enter ``tau_hat`` (``B[t, y_i] >=`` this).
     label_map_init: ``learned_all``'s starting ``B``: ``"centroid"`` (OT between class centroids,
       :func:`ttjax.transforms.centroid_label_map`) or ``"uniform"`` (near uniform, symmetric).
+    transport_classes: logit space, training only: each target class's ``W`` transports the minibatch rows of
+      its ``k`` most likely source classes (``None``: all; see :func:`ttjax.logit_bound.wasserstein`).
     terms: the objective's summands (``None``: :func:`default_terms`): a tuple of :class:`Term`.
   """
 
@@ -154,6 +157,7 @@ class BoundConfig:
   head_lr: float = 0.05
   min_label_mass: float = 1e-3
   label_map_init: str = "centroid"
+  transport_classes: Optional[int] = None
   terms: Optional[tuple[Term, ...]] = None
 
   def __post_init__(self):
@@ -166,7 +170,7 @@ class BoundConfig:
     self.trainable  # validates setting and freeze
     if self.label_map_init not in ("centroid", "uniform"):
       raise ValueError(f"BoundConfig.label_map_init must be 'centroid' or 'uniform', got {self.label_map_init!r}")
-    for name in ("steps", "batch_size", "sinkhorn_iters", "eval_iters", "head_steps"):
+    for name in ("steps", "batch_size", "sinkhorn_iters", "eval_iters", "head_steps", "transport_classes"):
       if getattr(self, name) is not None and int(getattr(self, name)) < 1:
         raise ValueError(f"BoundConfig.{name} must be >= 1, got {getattr(self, name)}")
     for name in ("epsilon", "eval_epsilon", "tau"):
@@ -204,7 +208,8 @@ class BoundConfig:
 
 #: The fields of :class:`BoundConfig` that shape the compiled program (the pytree's static part).
 STATIC_FIELDS = ("space", "holdout", "setting", "freeze", "steps", "batch_size", "cost_fn", "sinkhorn_iters",
-                 "sinkhorn_lse_mode", "eval_iters", "eval_threshold", "head_steps", "label_map_init")
+                 "sinkhorn_lse_mode", "eval_iters", "eval_threshold", "head_steps", "label_map_init",
+                 "transport_classes")
 TRACED_FIELDS = tuple(f.name for f in dataclasses.fields(BoundConfig) if f.name not in STATIC_FIELDS)
 
 
@@ -435,22 +440,25 @@ def evaluate(params, pair: TaskPair, head: hd.LinearHead, config: BoundConfig, *
   """Report the bound on the full data of ``pair`` (the evaluation split named by ``split``): certified ``W``,
   every term; the Lipschitz constant certified (logit space) or measured (feature space)."""
   config = config.resolved(pair.source.dim)
-  if config.space == "logit":
-    t = jax.device_get(lb.certified_terms(params, pair, head, config))
-    t.pop("class_wasserstein")
-    t.pop("max_target_loss")
-    prior, label_map = t.pop("D"), t.pop("B")
-    t.update(tau_hat=1.0, prior_matching=0.0, invertibility=0.0)
-    w0, mismatch = t.pop("wasserstein"), 0.0
-  else:
-    batch = full_batch(pair)
-    w0, _, mismatch = certified_w(params, batch, config)
-    t = jax.device_get(evaluate_terms(params, pair, head, batch, config))
-    prior, label_map = params.D, params.B
   sizes = dict(split=split, n_source_fit=fit_sizes[0], n_target_fit=fit_sizes[1], n_source_eval=pair.source.n,
                n_target_eval=pair.target.n)
-  return assemble_result(t, w0, mismatch, params, config, pair.num_source, pair.num_target, seconds,
-                         prior=prior, label_map=label_map, **sizes)
+  if config.space == "logit":
+    t = lb.certified_terms(params, pair, full_batch(pair), head, config)
+    return logit_result(jax.device_get(t), params, config, pair.num_source, pair.num_target, seconds, **sizes)
+  batch = full_batch(pair)
+  w0, _, mismatch = certified_w(params, batch, config)
+  t = jax.device_get(evaluate_terms(params, pair, head, batch, config))
+  return assemble_result(t, w0, mismatch, params, config, pair.num_source, pair.num_target, seconds, **sizes)
+
+
+def logit_result(t: dict, params, config: BoundConfig, num_source: int, num_target: int,
+                 seconds: float = float("nan"), **sizes) -> BoundResult:
+  """The logit-space bound's host-side end: the certified terms ``t`` (:func:`ttjax.logit_bound.certified_terms`,
+  on the host) -> :class:`BoundResult` (Lipschitz constant 1, no label mismatch: ``B D = p_T``)."""
+  terms = {k: v for k, v in t.items() if k not in ("class_wasserstein", "max_target_loss", "D", "B", "wasserstein")}
+  terms.update(tau_hat=1.0, prior_matching=0.0, invertibility=0.0)
+  return assemble_result(terms, t["wasserstein"], 0.0, params, config, num_source, num_target, seconds,
+                         prior=t["D"], label_map=t["B"], **sizes)
 
 
 def assemble_result(t: dict, w0, mismatch, params, config: BoundConfig, num_source: int, num_target: int,
@@ -570,7 +578,27 @@ def analyse(key: jax.Array, source: Task, target: Task, config: BoundConfig = Bo
     head: a pre-trained source head to reuse (else trained here).
   """
   start = time.perf_counter()
-  make_pair(source, target)  # validates the pair before any work
+  fit_pair, eval_pair, split = split_pair(key, source, target, config, source_test=source_test,
+                                          target_test=target_test)
+  config, head, params, k_fit = prepare(key, fit_pair.source, fit_pair.target, config, label_map=label_map,
+                                        prior=prior, head=head)
+  history = {}
+  if config.trainable:
+    params, history = fit_resolved(k_fit, params, fit_data(fit_pair, config), head, config)
+  result = evaluate(params, eval_pair, head, config, seconds=0.0, split=split,
+                    fit_sizes=(fit_pair.source.n, fit_pair.target.n))
+  result = dataclasses.replace(result, seconds=time.perf_counter() - start)
+  return Analysis(result=result, params=params, head=head, pair=eval_pair, history=jax.device_get(history),
+                  fit_pair=fit_pair)
+
+
+def split_pair(key: jax.Array, source: Task, target: Task, config: BoundConfig, *,
+               source_test: Optional[Task] = None, target_test: Optional[Task] = None
+               ) -> tuple[TaskPair, TaskPair, str]:
+  """``(fit pair, evaluation pair, split name)``: the given test tasks, else ``config.holdout`` of each task held
+  out (stratified, keys from ``fold_in(key, 0x5EED)``), else the same points (``"in-sample"``). Validates the
+  pair before any work."""
+  make_pair(source, target)
   held_out = source_test is not None or target_test is not None or config.holdout > 0
   if config.holdout > 0:
     k_s, k_t = jax.random.split(jax.random.fold_in(key, 0x5EED))
@@ -578,18 +606,14 @@ def analyse(key: jax.Array, source: Task, target: Task, config: BoundConfig = Bo
       source, source_test = holdout_split(k_s, source, config.holdout, name="source")
     if target_test is None:
       target, target_test = holdout_split(k_t, target, config.holdout, name="target")
-  fit_pair = make_pair(source, target)
   eval_pair = make_pair(source if source_test is None else source_test, target if target_test is None else target_test)
-  config, head, params, k_fit = prepare(key, source, target, config, label_map=label_map, prior=prior, head=head)
-  history = {}
-  if config.trainable:
-    data = full_batch(fit_pair) if config.batch_size is None else fit_pair
-    params, history = fit(k_fit, params, data, head, config)
-  result = evaluate(params, eval_pair, head, config, seconds=0.0, split="held-out" if held_out else "in-sample",
-                    fit_sizes=(source.n, target.n))
-  result = dataclasses.replace(result, seconds=time.perf_counter() - start)
-  return Analysis(result=result, params=params, head=head, pair=eval_pair, history=jax.device_get(history),
-                  fit_pair=fit_pair)
+  return make_pair(source, target), eval_pair, "held-out" if held_out else "in-sample"
+
+
+def fit_data(pair: TaskPair, config: BoundConfig) -> Union[TaskPair, Batch]:
+  """What :func:`fit` trains on: the pair (minibatches of ``config.batch_size``) or, with ``batch_size=None``,
+  its full batch."""
+  return full_batch(pair) if config.batch_size is None else pair
 
 
 def tta(source_features, source_labels, target_features, target_labels, *, key: Optional[jax.Array] = None,

@@ -37,6 +37,9 @@ class Batch:
   zt: jax.Array  # (K_t, m, d)
   wt: jax.Array  # (K_t, m)
   pt: jax.Array  # (K_t,)
+  #: ``m`` when the source rows are class-major, ``m`` rows per class (``ys = repeat(arange(K_s), m)``, as
+  #: :func:`sample_batch` draws them); 0 when they are in any order (:func:`full_batch`). Static.
+  per_class_source: int = dataclasses.field(default=0, metadata=dict(static=True))
 
   @property
   def num_target(self) -> int:
@@ -108,7 +111,8 @@ def sample_batch(key: jax.Array, pair: TaskPair, per_class_source: int, per_clas
   n_s = ks * per_class_source
   return Batch(zs=zs.reshape(n_s, -1), ys=jnp.repeat(jnp.arange(ks), per_class_source),
                ws=jnp.full((n_s,), 1.0 / per_class_source, zs.dtype), zt=zt,
-               wt=jnp.full((kt, per_class_target), 1.0 / per_class_target, zt.dtype), pt=pair.target.prior)
+               wt=jnp.full((kt, per_class_target), 1.0 / per_class_target, zt.dtype), pt=pair.target.prior,
+               per_class_source=per_class_source)
 
 
 def full_batch(pair: TaskPair) -> Batch:

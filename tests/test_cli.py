@@ -60,7 +60,8 @@ def test_bound_command_writes_versioned_json_matching_the_table(npz, capsys):
               "seconds"):
     assert isinstance(row[key], float) and np.isfinite(row[key]), key
   assert isinstance(row["name"], str) and isinstance(row["config"], dict) and isinstance(row["B"], list)
-  assert row["bound"] == pytest.approx(row["source_loss"] + row["entropy"] + row["tau_hat"] * row["wasserstein"])
+  assert row["bound"] == pytest.approx(row["source_loss"] + row["entropy"] - row["merge_gain"]
+                                      + row["tau_hat"] * row["wasserstein"])
   gt = row["ground_truth"]
   assert 0.0 <= gt["accuracy"] <= 1.0 and np.isfinite(gt["loss"]) and gt["n_test"] > 0
   assert f"{row['bound']:10.4f}" in printed  # the detailed block

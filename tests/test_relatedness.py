@@ -172,7 +172,8 @@ def test_cli_bound_and_rank_label_free(npz_files, capsys):
   doc = json.loads(out.read_text())
   row = doc["results"][0]
   assert doc["label_free"] is True and "bound" not in row and row["num_target_classes"] == 4
-  assert row["relatedness"] == pytest.approx(row["source_loss"] + row["entropy"] + row["wasserstein"])
+  assert row["relatedness"] == pytest.approx(row["source_loss"] + row["entropy"] - row["merge_gain"]
+                                            + row["wasserstein"])
   # a labelled target with --no-target-labels beside one without labels: ranked by relatedness only; the labelled
   # one's ground truth is computed for evaluation and says so
   out = npz_files / "rank.json"

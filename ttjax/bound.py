@@ -363,14 +363,17 @@ def evaluate_terms(params, pair, head, batch, config):
 class BoundResult:
   """The bound and everything it is made of (floats; ``D``/``B`` as nested lists). JSON via :meth:`to_dict`.
 
-  ``bound = source_loss + entropy + tau_hat * wasserstein`` (:func:`tta_bound`), every term on the split named by
-  ``split`` (``"held-out"``: the evaluation split, disjoint from the ``n_*_fit`` points the head and transforms
-  were learned on; ``"in-sample"``: the same points). ``target_loss`` / ``target_accuracy``: the transformed
+  ``bound = source_loss + entropy - merge_gain + tau_hat * wasserstein`` (:func:`tta_bound`), every term on the
+  split named by ``split`` (``"held-out"``: the evaluation split, disjoint from the ``n_*_fit`` points the head and
+  transforms were learned on; ``"in-sample"``: the same points). ``transformed_source_loss = source_loss + entropy
+  - merge_gain``: the loss of ``h_T`` on the transformed source ``T'``. ``target_loss`` / ``target_accuracy``: the transformed
   classifier ``h_T`` on that target split (the bound bounds ``target_loss``).
 
   ``space="logit"`` (default): ``tau_hat = 1`` is the *certified* Lipschitz constant of the loss for the range
   seminorm of the head's logits (``lipschitz="certified"``), ``wasserstein`` the cost of a feasible coupling, no
-  label mismatch (``B D = p_T`` by construction): a certificate. ``space="feature"``: the paper's bound;
+  label mismatch (``B D = p_T`` by construction), and the first term the exact ``E_{T'} l`` (``merge_gain >= 0``
+  the slack of the paper's ``E_{T'} l <= source_loss + entropy``, which label maps that merge source classes
+  create): a certificate. ``space="feature"``: the paper's bound;
   ``wasserstein`` is certified under ``||x - x'|| + label_cost * 1[t != t']`` but ``tau_hat`` is *measured* at the
   sample points (``lipschitz="measured"``), so the number is an estimate, not a certificate;
   ``label_mismatch = sum_t (BD - p_T)_t^+`` and ``label_cost`` is raised to ``max_j loss_j / tau_hat`` when needed.
@@ -401,6 +404,7 @@ class BoundResult:
   n_source_eval: int = 0
   n_target_eval: int = 0
   temperature: float = 1.0
+  merge_gain: float = 0.0
   seconds: float = float("nan")
   D: Any = None
   B: Any = None
@@ -420,6 +424,7 @@ class BoundResult:
     lip = "L (certified)" if self.certified else "tau_hat (measured)"
     rows = [("bound" if self.certified else "bound estimate", self.bound),
             ("  weighted source loss", self.source_loss), ("  H(label map)", self.entropy),
+            ("  - label-merging gain", -self.merge_gain),
             (f"  {'L' if self.certified else 'tau_hat'} * W", self.tau_hat * self.wasserstein),
             (f"    {lip}", self.tau_hat), ("    W (feasible coupling)", self.wasserstein),
             ("target loss of h_T", self.target_loss), ("target accuracy of h_T", self.target_accuracy),
@@ -430,9 +435,13 @@ class BoundResult:
     return "\n".join([head] + [f"  {k:<26s} {v:10.4f}" for k, v in rows])
 
 
-def tta_bound(source_loss, entropy, lipschitz, wasserstein):
-  """The bound's inequality: ``R_T(h_T) <= sum_s D_s Lbar_s + H(B | D) + L * W(T', T)``."""
-  return source_loss + entropy + lipschitz * wasserstein
+def tta_bound(source_loss, entropy, lipschitz, wasserstein, merge_gain=0.0):
+  """The bound's inequality: ``R_T(h_T) <= sum_s D_s Lbar_s + H(B | D) - G + L * W(T', T)``.
+
+  ``G >= 0``, the label-merging gain, is the slack of ``E_{T'} l <= sum_s D_s Lbar_s + H`` (``-log (B p)_t <=
+  -log B_ts - log p_s``), so ``sum_s D_s Lbar_s + H - G = E_{T'} l``, the loss of ``h_T`` on the transformed
+  source, an exact empirical number (logit space); ``G = 0`` is the paper's chain (feature space)."""
+  return source_loss + entropy - merge_gain + lipschitz * wasserstein
 
 
 def evaluate(params, pair: TaskPair, head: hd.LinearHead, config: BoundConfig, *, seconds: float = float("nan"),
@@ -473,7 +482,10 @@ def assemble_result(t: dict, w0, mismatch, params, config: BoundConfig, num_sour
     # to that when needed (it only matters when B D != p_T).
     label_cost = max(float(config.label_cost), float(t.pop("max_target_loss")) / max(float(t["tau_hat"]), 1e-12))
   w = float(w0) + label_cost * float(mismatch)
-  bound = tta_bound(float(t["source_loss"]), float(t["entropy"]), float(t["tau_hat"]), w)
+  gain = 0.0
+  if config.space == "logit":  # the first term is E_{T'} l itself: G = (source loss + H) - E_{T'} l >= 0
+    gain = max(0.0, float(t["source_loss"]) + float(t["entropy"]) - float(t["transformed_source_loss"]))
+  bound = tta_bound(float(t["source_loss"]), float(t["entropy"]), float(t["tau_hat"]), w, gain)
   if not np.isfinite(bound):
     raise FloatingPointError(f"the bound is not finite (terms: {t}, W={w}); check the inputs and the config")
   prior = params.D if prior is None else prior
@@ -483,8 +495,8 @@ def assemble_result(t: dict, w0, mismatch, params, config: BoundConfig, num_sour
                      setting=config.setting, steps=config.steps if config.trainable else 0,
                      num_source_classes=num_source, num_target_classes=num_target, seconds=seconds,
                      space=config.space, lipschitz="certified" if config.space == "logit" else "measured",
-                     temperature=temperature, D=np.asarray(prior).tolist(), B=np.asarray(label_map).tolist(),
-                     **sizes, **{k: float(v) for k, v in t.items()})
+                     temperature=temperature, merge_gain=gain, D=np.asarray(prior).tolist(),
+                     B=np.asarray(label_map).tolist(), **sizes, **{k: float(v) for k, v in t.items()})
 
 
 @dataclasses.dataclass(frozen=True)

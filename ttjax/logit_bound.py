@@ -21,11 +21,16 @@ coupling of ``mu_t = sum_i P(y_i | t) / n_{y_i} delta_{u_i}`` and ``nu_t`` (clas
 **The bound.** For the empirical distributions of the *evaluation* split,
 
     R_T(h_T) = E_{T'} l + sum_t p_t E_{pi_t}[l(v, t) - l(u, t)]       (pi: any coupling with these marginals)
-             <= sum_s D_s Lbar_s(s h_S) + H(B | D) + sum_t p_t <pi_t, C_t>,      C_t = rho(v_j - u_i)
+             <= E_{T'} l + sum_t p_t <pi_t, C_t>,                         C_t = rho(v_j - u_i)
+             <= sum_s D_s Lbar_s(s h_S) + H(B | D) + sum_t p_t <pi_t, C_t>
 
-where ``E_{T'} l <= sum_s D_s Lbar_s + H`` because ``-log (B p)_t <= -log B_ts - log p_s``. With ``pi_t`` the rounded
-Sinkhorn plan (a feasible coupling, :func:`ttjax.ot.certified_value`) every number is computed, none estimated.
-The dimension of the transport is ``K_s`` whatever the encoder's ``d``.
+where ``E_{T'} l`` -- the loss of ``h_T`` on the transformed source, an exact empirical number -- is at most
+``sum_s D_s Lbar_s + H`` because ``-log (B p)_t <= -log B_ts - log p_s``. The certificate is the first line
+(``bound = source_loss + entropy - merge_gain + wasserstein``, ``merge_gain`` the slack of the last step, large
+when ``B`` merges several source classes into one target class); the second line is the paper's decomposition,
+reported term by term. With ``pi_t`` the rounded Sinkhorn plan (a feasible coupling,
+:func:`ttjax.ot.certified_value`) every number is computed, none estimated. The dimension of the transport is
+``K_s`` whatever the encoder's ``d``.
 """
 
 from __future__ import annotations
@@ -218,7 +223,8 @@ def certified_terms(params: LogitTransforms, pair: TaskPair, batch: Batch, head:
 
   ``wasserstein = sum_t p_t <round(P_t), C_t>``: class ``t``'s rounded Sinkhorn plan (feasible), sequential over
   classes (memory ``n_s x m x K_s``). The Lipschitz constant is 1 (module docstring), so
-  ``bound = source_loss + entropy + wasserstein``. ``config``: a resolved :class:`ttjax.bound.BoundConfig`.
+  ``bound = transformed_source_loss + wasserstein <= source_loss + entropy + wasserstein``. ``config``: a resolved
+  :class:`ttjax.bound.BoundConfig`.
   """
   src, tgt = pair.source, pair.target
   solve = lambda c, a, b: ot.certified_value(c, a, b, epsilon=config.eval_epsilon, num_iters=config.eval_iters,

@@ -251,7 +251,8 @@ def _cmd_relatedness(args, source: TaskData, target: TaskData, config: BoundConf
         "the true target loss")
   row = relatedness_entry(args, source, target, config, pair_name(source, target, args.model))
   print(f"relatedness {row['relatedness']:.4f} = weighted source loss {row['source_loss']:.4f} + H(B|D) "
-        f"{row['entropy']:.4f} + W {row['wasserstein']:.4f}; predicted h_T accuracy {row['target_accuracy']:.3f}, "
+        f"{row['entropy']:.4f} - label-merging gain {row.get('merge_gain', 0.0):.4f} + W {row['wasserstein']:.4f}; "
+        f"predicted h_T accuracy {row['target_accuracy']:.3f}, "
         f"loss {row['target_loss']:.4f} (against the pseudo-labels); K_t={row['num_target_classes']} "
         f"({row['k_criterion']})")
   gt = _evaluation_truth(args, target)

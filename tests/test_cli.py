@@ -280,3 +280,42 @@ def test_score_exits_non_zero_when_no_score_could_be_computed(npz, capsys, monke
   with pytest.raises(SystemExit, match="no score could be computed"):
     cli.main(["score", "--target", str(npz / "tgt.npz"), "--scores", "logme", "--no-ground-truth"])
   assert "failed: not finite" in capsys.readouterr().out
+
+
+def test_rank_resumes_from_the_rows_an_interrupted_run_finished(npz, tmp_path, monkeypatch, capsys):
+  """Ctrl-C during the third model: the two finished rows are in the journal; the same command then reuses them
+  (and computes only the third), with the same result as a run from scratch; a completed run leaves no journal."""
+  from ttjax.app import commands
+  monkeypatch.setenv("TTJAX_CACHE", str(tmp_path / "cache"))
+  models = ",".join(str(npz / f"{m}.npz") for m in ("good", "medium", "bad"))
+  argv = ["rank", "--models", models, "--source", str(npz / "src_{model}.npz"), "--steps", "20", "--scores",
+          "logme,ncc", "--quiet", "--seed", "3"]
+  real_row, calls = commands._rank_row, []
+
+  def counted(*a, **kw):
+    calls.append(a[2])
+    if len(calls) == 3 and interrupt:
+      raise KeyboardInterrupt
+    return real_row(*a, **kw)
+
+  monkeypatch.setattr(commands, "_rank_row", counted)
+  interrupt = True
+  with pytest.raises(SystemExit, match="interrupted.*resumes"):
+    cli.main(argv)
+  interrupt = False
+  journals = list((tmp_path / "cache" / "runs").glob("rank-*.jsonl"))
+  assert len(journals) == 1 and len(journals[0].read_text().splitlines()) == 3  # header + 2 rows
+  calls.clear()
+  capsys.readouterr()
+  assert cli.main(argv + ["--out", str(tmp_path / "resumed.json")]) == 0
+  assert "resuming: 2 finished row(s)" in capsys.readouterr().err
+  assert calls == ["bad"]  # only the unfinished model was computed
+  assert not list((tmp_path / "cache" / "runs").glob("rank-*.jsonl"))
+  calls.clear()
+  assert cli.main(argv + ["--no-resume", "--out", str(tmp_path / "fresh.json")]) == 0
+  assert calls == ["good", "medium", "bad"]
+  resumed, fresh = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("resumed", "fresh"))
+  assert resumed["ranking"] == fresh["ranking"]
+  for a, b in zip(resumed["results"], fresh["results"]):
+    assert a["bound"] == b["bound"] and a["scores"] == b["scores"] and a["ground_truth"]["accuracy"] == b[
+        "ground_truth"]["accuracy"]

@@ -83,7 +83,9 @@ def main(argv=None) -> int:
   except SystemExit:
     raise
   except KeyboardInterrupt:
-    raise SystemExit("ttjax: interrupted")
+    resumable = args.func.__name__ in ("cmd_rank", "cmd_demo")
+    raise SystemExit("ttjax: interrupted" + (" (the finished rows are kept: the same command resumes from them)"
+                                             if resumable else ""))
   except Exception as e:  # pylint: disable=broad-except
     if os.environ.get("TTJAX_DEBUG"):
       raise

@@ -17,6 +17,7 @@ import numpy as np
 from ttjax import batch as bt
 from ttjax.app import report as rp
 from ttjax.app import steps
+from ttjax.app.journal import Journal
 from ttjax.app.resolve import (TaskData, TaskError, builtin_dataset, check_model, check_same_encoder, dataset_split,
                                is_feature_file, join_tasks, parse_list, resolve_task, split_task_list)
 from ttjax.bound import BoundConfig, BoundResult
@@ -338,38 +339,48 @@ def _join(args) -> None:
     bt.join_processes(group, timeout=args.process_timeout)
 
 
-def _rank_models(args, entries, names, config) -> tuple[list[dict], dict]:
-  """Per model: target (and source) features, scores, bound, ground truth; then the ranking report. Several
-  processes: process ``p`` of ``P`` does models ``p, p + P, ...``, and every process gets every row."""
+def _rank_models(args, entries, names, config) -> tuple[list[dict], dict, Journal]:
+  """Per model (:func:`_rank_row`), each finished row journaled at once (an interrupted run resumes from it); then
+  the ranking report. Several processes: process ``p`` of ``P`` does models ``p, p + P, ...`` (its own journal),
+  and every process gets every row."""
   rows = []
   mine = list(enumerate(entries))[jax.process_index()::jax.process_count()]
+  journal = Journal("rank", args, part=jax.process_index(), enabled=not args.no_resume)
   bar = progress(mine, desc="rank", unit="model", disable=args.quiet)
   for i, (label, tspec, sspec) in bar:
     bar.set_postfix_str(label)
-    model = label
-    target = resolve(args, tspec, model, with_test=True, labels_optional=True)
-    source = resolve(args, sspec, model, with_test=not args.no_bound) if sspec else None
-    if source is not None:
-      check_same_encoder(source, target)
-    if label_free(args, target):
-      rows.append((i, _label_free_rank_row(args, target, source, config, label, i)))
+    finished = journal.get(f"{i}:{label}")
+    if finished is not None:
+      rows.append((i, finished))
       continue
-    row = score_entry(args, target, source, names, salt=i)
-    row.update(name=label, model=label)
-    if source is not None and not args.no_bound:
-      b = bound_entry(args, source, target, config, pair_name(source, target, label))
-      row["bound"] = b["bound"]
-      row["bound_terms"] = {k: b[k] for k in ("source_loss", "entropy", "wasserstein", "tau_hat",
-                                              "target_accuracy", "target_loss", "seconds")}
-    gt = ground_truth_for(args, target, salt=i)
-    if gt is None:
-      fail("rank needs the ground truth (drop --no-ground-truth)")
-    row["ground_truth"] = gt
-    rows.append((i, row))
+    rows.append((i, journal.put(f"{i}:{label}", _rank_row(args, i, label, tspec, sspec, names, config))))
   rows = [row for _, row in sorted((r for part in bt.process_gather(rows) for r in part), key=lambda r: r[0])]
   if not all("ground_truth" in r for r in rows):  # label-free, no target labels: nothing to rank against
-    return rows, {}
-  return rows, rank_rows(rows, names)
+    return rows, {}, journal
+  return rows, rank_rows(rows, names), journal
+
+
+def _rank_row(args, i: int, label: str, tspec, sspec, names, config) -> dict:
+  """One model's rank row: scores, bound and ground truth (or, without target labels, the relatedness)."""
+  model = label
+  target = resolve(args, tspec, model, with_test=True, labels_optional=True)
+  source = resolve(args, sspec, model, with_test=not args.no_bound) if sspec else None
+  if source is not None:
+    check_same_encoder(source, target)
+  if label_free(args, target):
+    return _label_free_rank_row(args, target, source, config, label, i)
+  row = score_entry(args, target, source, names, salt=i)
+  row.update(name=label, model=label)
+  if source is not None and not args.no_bound:
+    b = bound_entry(args, source, target, config, pair_name(source, target, label))
+    row["bound"] = b["bound"]
+    row["bound_terms"] = {k: b[k] for k in ("source_loss", "entropy", "merge_gain", "wasserstein", "tau_hat",
+                                            "target_accuracy", "target_loss", "seconds")}
+  gt = ground_truth_for(args, target, salt=i)
+  if gt is None:
+    fail("rank needs the ground truth (drop --no-ground-truth)")
+  row["ground_truth"] = gt
+  return row
 
 
 def _label_free_rank_row(args, target: TaskData, source: Optional[TaskData], config: BoundConfig, label: str,
@@ -395,8 +406,9 @@ def cmd_rank(args) -> int:
   entries = _rank_entries(args)
   config = bound_config(args, 300)
   _join(args)  # before any JAX computation
-  rows, ranking = _rank_models(args, entries, names, config)
+  rows, ranking, journal = _rank_models(args, entries, names, config)
   if jax.process_index() != 0:
+    journal.done()  # every row has reached process 0
     return 0  # process 0 prints and writes
   title = f"target {args.target or 'features'}" + (f", source {args.source}" if args.source else "")
   print_ranking(rows, [n for n in names if any(n in r["scores"] for r in rows)], title, ranking,
@@ -417,6 +429,7 @@ def cmd_rank(args) -> int:
       print("(FT acc: for evaluation only, from the target labels the relatedness did not use)")
   write_outputs(args, "rank", rows, ranking=ranking, plot=lambda d: [
       rp.plot_score_scatter(rows, ranking, str(d / "scores_vs_accuracy.png"), title=title)] if ranking else [])
+  journal.done()
   return 0
 
 

@@ -235,13 +235,13 @@ def fetch_deb(package: str, cache_dir: Optional[PathLike] = None, *, timeout: fl
   tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
   try:
     try:
-      proc = subprocess.run(["apt-get", "download", "-q", package], cwd=tmp, capture_output=True, text=True,
-                            timeout=timeout)
-      debs = sorted(tmp.glob("*.deb"))
-      err = proc.stderr.strip() if proc.returncode or not debs else ""
+      err = _apt_download(package, tmp, timeout)
+      if err and "unable to locate" in err.lower():
+        # no package lists on this machine (a fresh container): fetch them into the cache, no root needed
+        err = _apt_download(package, tmp, timeout, private_lists=root / "apt")
       if not err:
-        proc = subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(tmp / "tree")], capture_output=True, text=True,
-                              timeout=timeout)
+        proc = subprocess.run(["dpkg-deb", "-x", str(sorted(tmp.glob("*.deb"))[0]), str(tmp / "tree")],
+                              capture_output=True, text=True, timeout=timeout)
         err = proc.stderr.strip() if proc.returncode else ""
     except (OSError, subprocess.TimeoutExpired) as e:
       err = repr(e)
@@ -252,6 +252,24 @@ def fetch_deb(package: str, cache_dir: Optional[PathLike] = None, *, timeout: fl
     return dest
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _apt_download(package: str, folder: Path, timeout: float, private_lists: Optional[Path] = None) -> str:
+  """``apt-get download package`` into ``folder``; returns apt's error ('' on success). With ``private_lists``,
+  first ``apt-get update`` into that folder (``Dir::State::Lists`` / ``Dir::Cache``) and download with it."""
+  options = []
+  if private_lists is not None:
+    for sub in ("lists/partial", "cache/archives/partial"):
+      (private_lists / sub).mkdir(parents=True, exist_ok=True)
+    options = ["-o", f"Dir::State::Lists={private_lists / 'lists'}", "-o", f"Dir::Cache={private_lists / 'cache'}"]
+    update = subprocess.run(["apt-get", "-q", *options, "update"], capture_output=True, text=True, timeout=timeout)
+    if update.returncode:
+      return update.stderr.strip() or "apt-get update failed"
+  proc = subprocess.run(["apt-get", "-q", *options, "download", package], cwd=folder, capture_output=True,
+                        text=True, timeout=timeout)
+  if proc.returncode or not list(folder.glob("*.deb")):
+    return proc.stderr.strip() or f"apt-get download {package} produced no .deb"
+  return ""
 
 
 def fashion_mnist_dir(path: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None) -> Path:

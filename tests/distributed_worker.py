@@ -40,6 +40,7 @@ def main():
   ap.add_argument("--die-after-join", type=int, metavar="ID", help="process ID exits right after joining")
   args = ap.parse_args()
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+  os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"  # tiny programs: compile fast (~35% less time)
   os.environ["JAX_PLATFORMS"] = "cpu"
   import jax
   from ttjax import batch as bt, bound as bd

@@ -23,6 +23,7 @@ WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", TTJAX_NO_COMPILATION_CACHE="1", PYTHONUNBUFFERED="1")
 for _name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "XLA_FLAGS"):
   ENV.pop(_name, None)
+ENV["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # tiny programs: compile faster (the same in every run)
 DEADLINE = 420  # seconds for a whole group (compilation on 2 shared cores: measured ~40-120 s)
 
 

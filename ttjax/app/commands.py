@@ -345,7 +345,7 @@ def _rank_models(args, entries, names, config) -> tuple[list[dict], dict, Journa
   and every process gets every row."""
   rows = []
   mine = list(enumerate(entries))[jax.process_index()::jax.process_count()]
-  journal = Journal("rank", args, part=jax.process_index(), enabled=not args.no_resume)
+  journal = Journal("rank", args, part=jax.process_index(), parts=jax.process_count(), enabled=not args.no_resume)
   bar = progress(mine, desc="rank", unit="model", disable=args.quiet)
   for i, (label, tspec, sspec) in bar:
     bar.set_postfix_str(label)

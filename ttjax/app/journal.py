@@ -1,8 +1,9 @@
 """Resumable long commands: every finished row is appended to a journal, so an interrupted ``ttjax rank`` or
 ``ttjax demo`` run again with the same arguments reuses what it already finished.
 
-A journal is a JSON-lines file in the cache (``runs/<command>-<hash>.jsonl``, the hash of the command and of the
-arguments that change results). Its first line records those arguments; every other line is one finished row,
+A journal is a JSON-lines file in the cache (``runs/<command>-<hash>-<part>of<parts>.jsonl``: the hash of the
+command, the working folder and the arguments that change results; one journal per process of a multi-process
+run). Its first line records those arguments; every other line is one finished row,
 ``{"key": ..., "row": ...}``, written and flushed to disk as soon as the row is done. A line cut short by an
 interrupt is ignored on reading (that row is simply computed again). The journal is removed when the command
 completes, so a later run with the same arguments starts afresh.
@@ -38,12 +39,14 @@ class Journal:
 
   ``enabled=False`` makes every method a no-op (``--no-resume``)."""
 
-  def __init__(self, command: str, args, *, part: int = 0, enabled: bool = True):
+  def __init__(self, command: str, args, *, part: int = 0, parts: int = 1, enabled: bool = True):
     settings = {k: v for k, v in sorted(vars(args).items()) if k not in RESULT_NEUTRAL}
-    self.header = json.loads(json.dumps({"command": command, "settings": settings}, default=_plain))
+    # the working folder too: relative paths in the arguments name other files elsewhere
+    self.header = json.loads(json.dumps({"command": command, "cwd": os.getcwd(), "settings": settings},
+                                        default=_plain))
     digest = hashlib.sha256(json.dumps(self.header, sort_keys=True).encode()).hexdigest()[:16]
     self.enabled = enabled
-    self.path = get_cache_dir("runs") / f"{command}-{digest}-{part}.jsonl"
+    self.path = get_cache_dir("runs") / f"{command}-{digest}-{part}of{parts}.jsonl"
     self.rows: dict[str, dict] = {}
     if enabled and self.path.exists():
       self._read()

@@ -322,7 +322,7 @@ def test_score_uses_the_imagenet_head_without_a_source(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_image_part_ranks_image_models(capsys):
-  """The demo's image part, small: MNIST-5k -> Fashion-MNIST with two EfficientNets; every score and the bound are
+  """The demo's image part, small: MNIST-5k -> digits with two EfficientNets; every score and the bound are
   ranked against the fine-tuned accuracy, LEEP / NCE from each model's ImageNet head."""
   from ttjax.app import demo, steps
   from ttjax.app.commands import bound_config
@@ -335,8 +335,8 @@ def test_demo_image_part_ranks_image_models(capsys):
   assert "Images: frozen ImageNet classifiers effnet-lite0, effnet-lite1" in printed
   assert [r["model"] for r in rows] == ["effnet-lite0", "effnet-lite1"]
   for r in rows:
-    assert r["source"] == "mnist5k" and r["target"] == "fmnist" and r["dim"] == 1280 and r["n"] == 60
+    assert r["source"] == "mnist5k" and r["target"] == "digits" and r["dim"] == 1280 and r["n"] == 60
     assert r["source_classifier"] == f"{r['model']}'s pre-trained head (1000 classes)"
     assert np.isfinite(r["bound"]) and r["bound"] >= r["target_loss"]
     assert 0.3 < r["ground_truth"]["accuracy"] <= 1  # 10 classes: chance is 0.1
-  assert set(ranking["fmnist"]) == {"leep", "nce", "ncc", "bound"}
+  assert set(ranking["digits"]) == {"leep", "nce", "ncc", "bound"}

@@ -159,13 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "subset as source, Reuters R8 and election tweets as targets, R8 with shuffled labels as a "
                      "control; for each pair the TTA bound and its terms next to the actual fine-tuned accuracy "
                      "and loss, the scores, and the encoders ranked per target; then the same for three ImageNet "
-                     "classifiers (EfficientNet-Lite0/1/2) on MNIST-5k -> Fashion-MNIST images. Small "
+                     "classifiers (EfficientNet-Lite0/1/2) on MNIST-5k -> digits images. Small "
                      "class-stratified subsets "
                      "keep it within minutes on a CPU, feature extraction included. Falls back to --synthetic "
                      "when the assets cannot be fetched.")
   p.add_argument("--synthetic", action="store_true", help="the built-in synthetic demo (no assets)")
   p.add_argument("--no-images", action="store_true", help="skip the image part (EfficientNet-Lite on MNIST-5k -> "
-                 "Fashion-MNIST)")
+                 "digits)")
   p.add_argument("--models", default=DEMO_MODELS, help=f"encoders (default {DEMO_MODELS})")
   p.add_argument("--scores", default="all", help="'all' or comma-separated names")
   p.add_argument("--target-limit", type=POSITIVE, default=None, help=f"target train rows (default "

@@ -2,7 +2,7 @@
 
 Each size runs in its own subprocess (so ``ru_maxrss`` is that size's peak): synthetic source/target tasks of ``n``
 points (``K`` classes, d = 768), a fixed-shape fit (``--steps`` minibatch steps of 1,000 points: independent of
-``n``), then :func:`ttjax.large.evaluate_large` -- the block-partition certified ``W`` (no ``n_s x n_t`` matrix)
+``n``), then :func:`ttjax.bound.evaluate` with ``BoundConfig(block_size=...)`` -- the block-partition certified ``W`` (no ``n_s x n_t`` matrix)
 plus ``tau_hat`` and the terms on all points. Prints seconds per stage and the peak RSS, then the fitted growth
 exponent ``k`` of ``time ~ n^k`` (least squares on log-log) for the evaluation and for the whole run.
 
@@ -23,7 +23,7 @@ import numpy as np
 _CHILD = r"""
 import json, resource, sys, time
 import jax, numpy as np
-from ttjax import bound as bd, head as hd, large as lg, synthetic as syn, transforms as tf
+from ttjax import bound as bd, head as hd, synthetic as syn, transforms as tf
 from ttjax.sampling import make_pair
 from ttjax.tasks import make_task
 n, k, steps, block = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -42,7 +42,7 @@ params = tf.init_transforms(jax.random.PRNGKey(3), k, k, d, source_prior=np.asar
 params, _ = bd.fit(jax.random.PRNGKey(4), params, pair, head, cfg)
 jax.block_until_ready(params)
 t2 = time.perf_counter()
-res = lg.evaluate_large(params, pair, head, cfg, block_size=block)
+res = bd.evaluate(params, pair, head, cfg.replace(block_size=block))
 t3 = time.perf_counter()
 print(json.dumps(dict(n=n, head=t1 - t0, fit=t2 - t1, evaluate=t3 - t2, total=t3 - t0, bound=res.bound,
                       w=res.wasserstein, tau_hat=res.tau_hat,

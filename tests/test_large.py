@@ -1,10 +1,11 @@
-"""Large tasks: the block-partition certified W against POT's exact emd; evaluate_large against evaluate."""
+"""Large tasks: the block-partition certified W (ttjax.solvers) against POT's exact emd; the blocked evaluation
+against the dense one."""
 import jax
 import numpy as np
 import ot as pot
 import pytest
 
-from ttjax import bound as bd, large as lg, ot, synthetic as syn
+from ttjax import bound as bd, ot, solvers, synthetic as syn
 from ttjax.tasks import make_task
 
 
@@ -27,7 +28,7 @@ def _exact(x, a, y, b):
 
 def test_partition_blocks_are_matching_mass_and_cover_both_measures():
   x, a, y, b = _clouds(700, 300, 5, 0)
-  blocks = lg.partition(x, a, y, b, block_size=100)
+  blocks = solvers.partition(x, a, y, b, block_size=100)
   assert len(blocks) >= 7
   got_a, got_b = np.zeros(len(a)), np.zeros(len(b))
   for ix, ax, iy, by in blocks:
@@ -43,31 +44,31 @@ def test_partition_blocks_are_matching_mass_and_cover_both_measures():
 def test_blocked_w_upper_bounds_exact_emd_and_is_close(clustered):
   x, a, y, b = _clouds(600, 500, 8, 1, clustered)
   exact = _exact(x, a, y, b)
-  value, num_blocks = lg.blocked_w(x, a, y, b, block_size=128)
+  value, num_blocks = solvers.blocked_value(x, a, y, b, block_size=128)
   assert num_blocks >= 8
   assert value >= exact - 1e-5  # a feasible coupling: never below the exact W
   # measured: +7% (one Gaussian vs a shifted, scaled one) and +6% (4 clusters) with 8 blocks of <= 128 atoms
   assert value <= exact * 1.12
-  one_block, n1 = lg.blocked_w(x, a, y, b, block_size=10_000)  # one block = the dense certified value
+  one_block, n1 = solvers.blocked_value(x, a, y, b, block_size=10_000)  # one block = the dense certified value
   dense = float(ot.certified_value(ot.euclidean(x, y), a, b, epsilon=0.005, num_iters=3000, threshold=1e-5))
   assert n1 == 1 and one_block == pytest.approx(dense, rel=1e-4)
   assert exact - 1e-5 <= one_block <= value
 
 
-def test_evaluate_large_matches_evaluate_and_bounds_it_blockwise():
+def test_blocked_evaluation_matches_the_dense_one_and_bounds_it_blockwise():
   zs, ys = syn.clustered(jax.random.PRNGKey(0), 600, 8, 4, separation=5.0)
   zt, yt, _ = syn.related_target(jax.random.PRNGKey(1), zs, ys, 4, shift=1.0, rotate=False)
   source, target = make_task(zs, ys), make_task(zt[:500], yt[:500])
   cfg = bd.BoundConfig(steps=30, batch_size=200, head_steps=30, eval_iters=1000, space="feature", holdout=0.0)
-  run = lg.analyse_large(jax.random.PRNGKey(2), source, target, cfg, block_size=10_000)  # one block per class
+  run = bd.analyse(jax.random.PRNGKey(2), source, target, cfg.replace(block_size=10_000))  # one block per class
   dense = bd.evaluate(run.params, run.pair, run.head, cfg)
   assert run.result.bound == pytest.approx(dense.bound, rel=1e-4)
   assert run.result.wasserstein == pytest.approx(dense.wasserstein, rel=1e-4)
-  blocked = lg.evaluate_large(run.params, run.pair, run.head, cfg, block_size=128)
+  blocked = bd.evaluate(run.params, run.pair, run.head, cfg.replace(block_size=128))
   assert blocked.tau_hat == dense.tau_hat and blocked.source_loss == dense.source_loss
   # The partition's loss is roughly additive (mass near the cuts travels to a neighbouring region), so it is
   # large *relative* to a small W: measured +0.12 on W = 0.21 here (4-5 blocks of <= 128 per class)
   assert dense.wasserstein * (1 - 1e-4) <= blocked.wasserstein <= dense.wasserstein + 0.2
   assert blocked.bound >= blocked.target_loss
   with pytest.raises(ValueError, match="batch_size"):
-    lg.analyse_large(jax.random.PRNGKey(2), source, target, cfg.replace(batch_size=None))
+    cfg.replace(batch_size=None, block_size=128)

@@ -9,7 +9,7 @@ import ot as pot
 import pytest
 
 import ttjax
-from ttjax import batch as bt, bound as bd, large as lg, logit_bound as lb, ot, synthetic as syn
+from ttjax import batch as bt, bound as bd, logit_bound as lb, ot, synthetic as syn
 from ttjax.tasks import make_task
 
 K, D, N = 4, 8, 400  # as the shared `tasks` fixture (conftest.py)
@@ -184,7 +184,7 @@ def test_feature_space_results_are_unchanged_from_before_the_refactor():
   np.testing.assert_allclose(got, PINNED["single"], rtol=1e-2, atol=2e-3)
   rb = bt.bound_batch(jax.random.PRNGKey(4), [s, s], [t, t], cfg)
   np.testing.assert_allclose([[x.bound, x.wasserstein, x.tau_hat] for x in rb], PINNED["batch"], rtol=1e-2)
-  rl = lg.analyse_large(jax.random.PRNGKey(5), s, t, cfg, block_size=64).result
+  rl = bd.analyse(jax.random.PRNGKey(5), s, t, cfg.replace(block_size=64)).result
   np.testing.assert_allclose([rl.bound, rl.wasserstein, rl.tau_hat], PINNED["large"], rtol=1e-2)
 
 
@@ -198,9 +198,18 @@ def test_batch_runs_the_logit_bound_through_the_per_pair_pipeline(tasks):
   np.testing.assert_allclose([r.bound for r in batch], [r.bound for r in single], rtol=1e-6)
 
 
-def test_large_path_refuses_the_logit_space_with_a_clear_error(tasks):
-  with pytest.raises(ValueError, match="space='feature'"):
-    lg.analyse_large(jax.random.PRNGKey(0), tasks["source"], tasks["related"], CFG)
+def test_the_blocked_solver_certifies_the_default_bound_too(tasks, runs):
+  """Large tasks are a choice of W solver: the logit-space bound with the block partition equals the dense one
+  with one block per class, and stays a certificate (>= the dense W) with small blocks."""
+  run = runs["related"]
+  dense = run.result
+  whole = bd.evaluate(run.params, run.pair, run.head, CFG.replace(batch_size=64, block_size=10_000))
+  assert whole.bound == pytest.approx(dense.bound, rel=1e-4)
+  small = bd.evaluate(run.params, run.pair, run.head, CFG.replace(batch_size=64, block_size=32))
+  assert small.wasserstein >= dense.wasserstein * (1 - 1e-4) and small.bound >= small.target_loss
+  assert small.source_loss == dense.source_loss and small.merge_gain == pytest.approx(dense.merge_gain)
+  with pytest.raises(ValueError, match="batch_size"):
+    CFG.replace(block_size=64)  # full-batch training would build the n_s x n_t matrices the solver avoids
 
 
 def test_the_bound_does_not_grow_with_nuisance_feature_dimensions():

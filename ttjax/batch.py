@@ -546,7 +546,7 @@ def analyse_batch(key: jax.Array, sources: Union[Task, Sequence[Task]], targets:
   if keys.shape[0] != num:
     raise ValueError(f"analyse_batch: {keys.shape[0]} keys for {num} pairs")
   heads, label_maps, priors = _as_list(heads, num), _as_list(label_maps, num), _as_list(priors, num)
-  if config.space == "logit" or config.holdout > 0:
+  if config.space == "logit" or config.holdout > 0 or config.block_size is not None:
     out = _analyse_prepared(keys, sources, targets, config, heads, label_maps, priors, pair_mesh(devices), chunk)
     seconds = (time.perf_counter() - start) / num
     return [dataclasses.replace(a, result=dataclasses.replace(a.result, seconds=seconds)) for a in out]
@@ -645,7 +645,8 @@ def _analyse_prepared(keys, sources, targets, config, heads, label_maps, priors,
     history = {}
     if cfg.trainable:
       params, history = _run(_fit_one, cfg, mesh, chunk, k_fit, params, data, head)
-    terms = _run(_certify_one, cfg, mesh, chunk, params, pair, batch, head, sequential=True)
+    blocked = cfg.block_size is not None  # the blocked solver runs on the host, pair by pair (bound.evaluate)
+    terms = {} if blocked else _run(_certify_one, cfg, mesh, chunk, params, pair, batch, head, sequential=True)
     params, history, terms = _gather((params, history, terms))
     for j, i in enumerate(idx):
       p = jax.tree.map(lambda x: x[j], params)
@@ -658,7 +659,9 @@ def _analyse_prepared(keys, sources, targets, config, heads, label_maps, priors,
       eval_pair, head_i = prepared[i][3], prepared[i][5]
       sizes = dict(split=split, n_source_fit=fit_pair.source.n, n_target_fit=fit_pair.target.n,
                    n_source_eval=eval_pair.source.n, n_target_eval=eval_pair.target.n)
-      if logit:
+      if blocked:
+        res = bd.evaluate(p, eval_pair, head_i, cfg_i, split=split, fit_sizes=(fit_pair.source.n, fit_pair.target.n))
+      elif logit:
         res = bd.logit_result(t, p, cfg_i, eval_pair.num_source, eval_pair.num_target, **sizes)
       else:
         w0, mismatch = t.pop("w0"), t.pop("mismatch")

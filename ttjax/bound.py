@@ -18,6 +18,7 @@ feasible coupling, so the reported ``W`` upper-bounds the exact one) and a *meas
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -32,6 +33,7 @@ from ttjax import finetune as ft
 from ttjax import head as hd
 from ttjax import logit_bound as lb
 from ttjax import ot
+from ttjax import solvers
 from ttjax import terms as tm
 from ttjax import transforms as tf
 from ttjax.sampling import Batch, TaskPair, full_batch, make_pair, sample_batch
@@ -41,7 +43,7 @@ __all__ = [
     "Term", "BoundConfig", "BoundData", "BoundResult", "Analysis", "default_terms", "objective", "objective_terms",
     "fit", "fit_resolved", "batch_drawer",
     "evaluate", "prepare", "initial_label_map", "analyse", "tta", "feature_gradients", "default_label_cost", "default_tau",
-    "tta_bound", "assemble_result", "certified_w", "evaluate_terms", "feature_terms", "source_head", "holdout_split",
+    "tta_bound", "assemble_result", "certified_w", "split_w", "class_solver", "evaluate_terms", "feature_terms", "source_head", "holdout_split",
     "optimizer", "per_class", "STATIC_FIELDS", "TRACED_FIELDS", "split_pair", "fit_data", "logit_result",
 ]
 
@@ -127,6 +129,9 @@ class BoundConfig:
       :func:`ttjax.transforms.centroid_label_map`) or ``"uniform"`` (near uniform, symmetric).
     transport_classes: logit space, training only: each target class's ``W`` transports the minibatch rows of
       its ``k`` most likely source classes (``None``: all; see :func:`ttjax.logit_bound.wasserstein`).
+    block_size: the certified evaluation's per-class solver: ``None`` dense (one rounded plan per class), else the
+      block partition with at most this many points per side (:mod:`ttjax.solvers`; large tasks, no
+      ``n_s x n_t`` matrix). Needs ``batch_size``.
     terms: the objective's summands (``None``: :func:`default_terms`): a tuple of :class:`Term`.
   """
 
@@ -158,6 +163,7 @@ class BoundConfig:
   min_label_mass: float = 1e-3
   label_map_init: str = "centroid"
   transport_classes: Optional[int] = None
+  block_size: Optional[int] = None
   terms: Optional[tuple[Term, ...]] = None
 
   def __post_init__(self):
@@ -170,7 +176,11 @@ class BoundConfig:
     self.trainable  # validates setting and freeze
     if self.label_map_init not in ("centroid", "uniform"):
       raise ValueError(f"BoundConfig.label_map_init must be 'centroid' or 'uniform', got {self.label_map_init!r}")
-    for name in ("steps", "batch_size", "sinkhorn_iters", "eval_iters", "head_steps", "transport_classes"):
+    if self.block_size is not None and self.batch_size is None:
+      raise ValueError("BoundConfig.block_size (the blocked W of large tasks) needs minibatch training: full-batch "
+                       "training builds n_s x n_t,k cost matrices; set BoundConfig.batch_size")
+    for name in ("steps", "batch_size", "sinkhorn_iters", "eval_iters", "head_steps", "transport_classes",
+                 "block_size"):
       if getattr(self, name) is not None and int(getattr(self, name)) < 1:
         raise ValueError(f"BoundConfig.{name} must be >= 1, got {getattr(self, name)}")
     for name in ("epsilon", "eval_epsilon", "tau"):
@@ -209,7 +219,7 @@ class BoundConfig:
 #: The fields of :class:`BoundConfig` that shape the compiled program (the pytree's static part).
 STATIC_FIELDS = ("space", "holdout", "setting", "freeze", "steps", "batch_size", "cost_fn", "sinkhorn_iters",
                  "sinkhorn_lse_mode", "eval_iters", "eval_threshold", "head_steps", "label_map_init",
-                 "transport_classes")
+                 "transport_classes", "block_size")
 TRACED_FIELDS = tuple(f.name for f in dataclasses.fields(BoundConfig) if f.name not in STATIC_FIELDS)
 
 
@@ -324,15 +334,27 @@ def batch_drawer(data, config: BoundConfig) -> Callable[[jax.Array], Batch]:
   return data.draw_batch
 
 
+def class_solver(config: "BoundConfig", *, blocked: bool = False) -> Callable:
+  """The certified per-class solver of the evaluation, ``(x, a, y, b, cost_fn) -> (K_t,)``: dense
+  (:func:`ttjax.solvers.dense_classes`, jittable) or, with ``blocked``, the block partition of
+  ``config.block_size`` (:func:`ttjax.solvers.blocked_classes`, host side: large tasks)."""
+  hyper = dict(epsilon=config.eval_epsilon, num_iters=config.eval_iters, threshold=config.eval_threshold)
+  if blocked:
+    return functools.partial(solvers.blocked_classes, block_size=config.block_size, **hyper)
+  return functools.partial(solvers.dense_classes, **hyper)
+
+
+def split_w(params, batch, config, solve) -> tuple:
+  """Feature space: the certified label-split ``(w0, class W (K_t,), mismatch)``, ``W = w0 + Lambda mismatch``,
+  every class problem solved by ``solve`` (:func:`class_solver`)."""
+  cost_fn = ot.resolve_cost(config.cost_fn)
+  return tm.split_wasserstein(params, batch, cost_fn, lambda x, a_hat: solve(x, a_hat, batch.zt, batch.wt, cost_fn))
+
+
 @jax.jit
 def certified_w(params, batch, config):
-  """Feature space: the certified label-split ``(w0, class W (K_t,), mismatch)``; ``W = w0 + Lambda mismatch``."""
-  cost_fn = ot.resolve_cost(config.cost_fn)
-  solve = lambda x, zt, a, b: ot.certified_value(cost_fn(x, zt), a, b, epsilon=config.eval_epsilon,
-                                                 num_iters=config.eval_iters, threshold=config.eval_threshold)
-  # Sequential over classes: memory n_s x (largest target class), not n_s x n_t.
-  solve_classes = lambda x, a_hat: jax.lax.map(lambda c: solve(x, *c), (batch.zt, a_hat, batch.wt))
-  return tm.split_wasserstein(params, batch, cost_fn, solve_classes)  # W = w0 + Lambda * mismatch
+  """:func:`split_w` with the dense solver, jitted: memory ``n_s x`` (largest target class), one class at a time."""
+  return split_w(params, batch, config, class_solver(config))
 
 
 def feature_terms(params, head, batch, source, target, config, source_mask=None, target_mask=None) -> dict:
@@ -451,11 +473,20 @@ def evaluate(params, pair: TaskPair, head: hd.LinearHead, config: BoundConfig, *
   config = config.resolved(pair.source.dim)
   sizes = dict(split=split, n_source_fit=fit_sizes[0], n_target_fit=fit_sizes[1], n_source_eval=pair.source.n,
                n_target_eval=pair.target.n)
-  if config.space == "logit":
-    t = lb.certified_terms(params, pair, full_batch(pair), head, config)
-    return logit_result(jax.device_get(t), params, config, pair.num_source, pair.num_target, seconds, **sizes)
   batch = full_batch(pair)
-  w0, _, mismatch = certified_w(params, batch, config)
+  if config.space == "logit":
+    if config.block_size is None:
+      t = lb.certified_terms(params, pair, batch, head, config)
+    else:
+      u, a, v = lb.transport_problems(params, batch, head)
+      class_w = class_solver(config, blocked=True)(u, a, v, batch.wt, ot.logit_range)
+      t = dict(lb.evaluation_terms(params, pair, batch, head), class_wasserstein=class_w,
+               wasserstein=jnp.sum(batch.pt * class_w))
+    return logit_result(jax.device_get(t), params, config, pair.num_source, pair.num_target, seconds, **sizes)
+  if config.block_size is None:
+    w0, _, mismatch = certified_w(params, batch, config)
+  else:
+    w0, _, mismatch = split_w(params, batch, config, class_solver(config, blocked=True))
   t = jax.device_get(evaluate_terms(params, pair, head, batch, config))
   return assemble_result(t, w0, mismatch, params, config, pair.num_source, pair.num_target, seconds, **sizes)
 

@@ -44,12 +44,14 @@ import optax
 
 from ttjax import head as hd
 from ttjax import ot
+from ttjax import solvers
 from ttjax.sampling import Batch, TaskPair
 
 __all__ = [
     "LogitTransforms", "PARAM_NAMES", "SETTINGS", "trainable_names", "label_transforms", "init_logit_transforms",
     "source_logits", "target_logits", "transformed_probs", "weighted_source_loss", "conditional_entropy",
-    "class_wasserstein", "wasserstein", "map_penalty", "certified_terms", "transformed_nll",
+    "transport_problems", "class_wasserstein", "wasserstein", "map_penalty", "evaluation_terms", "certified_terms",
+    "transformed_nll",
 ]
 
 _TINY = 1e-30
@@ -161,17 +163,18 @@ def class_weights(params: LogitTransforms, batch: Batch) -> jax.Array:
   return params.reverse_map[:, batch.ys] * batch.ws[None, :]
 
 
-def class_wasserstein(params: LogitTransforms, batch: Batch, head: hd.LinearHead, solve, *,
-                      sequential: bool = False) -> jax.Array:
-  """``W_rho(mu_t, nu_t)`` of every target class ``(K_t,)``, each from ``solve(C_t (n_s, m), a_t, b_t)`` -- the
-  per-class solver strategy (entropic for training, a rounded plan for the certificate). ``vmap`` over classes,
-  or one class at a time with ``sequential`` (``lax.map``: memory ``n_s x m x K_s``, and a solver that stops at
-  a threshold stops per class)."""
-  u = source_logits(head, params, batch.zs)
-  v = target_logits(head, params, batch.zt)  # (K_t, m, K_s)
-  one = lambda vt, a, b: solve(ot.logit_range(u, vt), a, b)
-  args = (v, class_weights(params, batch), batch.wt)
-  return jax.lax.map(lambda x: one(*x), args) if sequential else jax.vmap(one)(*args)
+def transport_problems(params: LogitTransforms, batch: Batch, head: hd.LinearHead):
+  """Every target class's transport problem: source logits ``u (n_s, K_s)``, their weights ``a (K_t, n_s)`` in
+  each class's problem (:func:`class_weights`), and the target logits per class ``v (K_t, m, K_s)`` (weights:
+  ``batch.wt``)."""
+  return source_logits(head, params, batch.zs), class_weights(params, batch), target_logits(head, params, batch.zt)
+
+
+def class_wasserstein(params: LogitTransforms, batch: Batch, head: hd.LinearHead, solve) -> jax.Array:
+  """``W_rho(mu_t, nu_t)`` of every target class ``(K_t,)``, each from ``solve(C_t (n_s, m), a_t, b_t)`` with
+  ``C_t = rho(v_j - u_i)``, ``vmap``-ped over the classes (the training term's layout)."""
+  u, a, v = transport_problems(params, batch, head)
+  return jax.vmap(lambda vt, at, bt: solve(ot.logit_range(u, vt), at, bt))(v, a, batch.wt)
 
 
 def wasserstein(*, epsilon=0.05, num_iters: int = 10, lse_mode: bool = False, transport_classes=None):
@@ -217,19 +220,11 @@ def map_penalty(params: LogitTransforms, batch=None, head=None) -> jax.Array:
 
 
 @jax.jit
-def certified_terms(params: LogitTransforms, pair: TaskPair, batch: Batch, head: hd.LinearHead, config) -> dict:
-  """Every term of the bound on the data of ``pair`` (the evaluation split; ``batch``: its
-  :func:`ttjax.sampling.full_batch`), with a certified ``W``.
-
-  ``wasserstein = sum_t p_t <round(P_t), C_t>``: class ``t``'s rounded Sinkhorn plan (feasible), sequential over
-  classes (memory ``n_s x m x K_s``). The Lipschitz constant is 1 (module docstring), so
-  ``bound = transformed_source_loss + wasserstein <= source_loss + entropy + wasserstein``. ``config``: a resolved
-  :class:`ttjax.bound.BoundConfig`.
-  """
+def evaluation_terms(params: LogitTransforms, pair: TaskPair, batch: Batch, head: hd.LinearHead) -> dict:
+  """Every reported number of the bound but ``W`` on the data of ``pair`` (the evaluation split; ``batch``: its
+  :func:`ttjax.sampling.full_batch`): the weighted source loss, ``H``, ``E_{T'} l`` (``transformed_source_loss``),
+  the loss / accuracy of ``h_T`` and ``h_S``, ``D`` and ``B``."""
   src, tgt = pair.source, pair.target
-  solve = lambda c, a, b: ot.certified_value(c, a, b, epsilon=config.eval_epsilon, num_iters=config.eval_iters,
-                                             threshold=config.eval_threshold)
-  class_w = class_wasserstein(params, batch, head, solve, sequential=True)
   nll = transformed_nll(head, params, batch.pt, tgt.features, tgt.labels)
   probs = transformed_probs(head, params, batch.pt, tgt.features)
   prior, label_map = label_transforms(params, batch.pt)
@@ -240,9 +235,21 @@ def certified_terms(params: LogitTransforms, pair: TaskPair, batch: Batch, head:
   return dict(
       source_loss=weighted_source_loss(params, batch, head),
       entropy=conditional_entropy(params, batch),
-      wasserstein=jnp.sum(batch.pt * class_w),
-      class_wasserstein=class_w,
       **hd.transfer_metrics(nll, probs, tgt.labels, head, src.features, src.labels),
       transformed_source_loss=jnp.sum(weight * t_loss),
       D=prior, B=label_map,
   )
+
+
+@jax.jit
+def certified_terms(params: LogitTransforms, pair: TaskPair, batch: Batch, head: hd.LinearHead, config) -> dict:
+  """:func:`evaluation_terms` and the certified ``W`` with the dense per-class solver
+  (:func:`ttjax.solvers.dense_classes`): ``wasserstein = sum_t p_t <round(P_t), C_t>``, class ``t``'s rounded
+  Sinkhorn plan (feasible), one class at a time (memory ``n_s x m x K_s``). The Lipschitz constant is 1 (module
+  docstring), so ``bound = transformed_source_loss + wasserstein <= source_loss + entropy + wasserstein``.
+  ``config``: a resolved :class:`ttjax.bound.BoundConfig`."""
+  u, a, v = transport_problems(params, batch, head)
+  class_w = solvers.dense_classes(u, a, v, batch.wt, ot.logit_range, epsilon=config.eval_epsilon,
+                                  num_iters=config.eval_iters, threshold=config.eval_threshold)
+  return dict(evaluation_terms(params, pair, batch, head), wasserstein=jnp.sum(batch.pt * class_w),
+              class_wasserstein=class_w)

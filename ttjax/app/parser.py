@@ -83,6 +83,12 @@ def _add_label_free_options(p):
                  help="K_t, the number of target classes (default: chosen by the silhouette over 2..10)")
 
 
+def _add_resume_option(p):
+  p.add_argument("--no-resume", action="store_true",
+                 help="recompute every row (default: an interrupted run with the same arguments reuses the rows it "
+                 "finished, from its journal in the ttjax cache)")
+
+
 def _add_groups(p, func, *, bound: bool = True, plot: bool = True, **task_options):
   """The shared option groups of a sub-command (bound, tasks, output; in this order in its help) and its handler."""
   if bound:
@@ -138,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
   _add_groups(p, cmd_rank)
   _add_label_free_options(p)
   _add_process_options(p)
+  _add_resume_option(p)
 
   p = sub.add_parser("features", help="extract (and cache) features of a dataset split",
                      description="Embed a dataset split with a MODEL and cache the features on disk "

@@ -1,4 +1,12 @@
-"""Large tasks (tens of thousands of points per task): a certified ``W`` without any ``n_s x n_t`` cost matrix.
+"""The certified per-class ``W`` solvers, a strategy of the evaluation: dense (one rounded Sinkhorn plan per class,
+jitted) or blocked (a block partition, for large tasks: no ``n_s x n_t`` cost matrix).
+
+Both take every class problem of a label-split ``W`` at once, ``classes(x (n, k), a (K_t, n), y (K_t, m, k),
+b (K_t, m), cost_fn) -> (K_t,)``: the transported points (feature space: ``A z + b``; logit space: the tempered
+source logits), their weights in each target class's problem, the target points of each class and their weights.
+:func:`ttjax.bound.evaluate` picks one by ``BoundConfig.block_size`` (``None``: dense).
+
+**Large tasks** (tens of thousands of points per task).
 
 Training never needs the full data: :func:`ttjax.bound.fit` draws class-stratified minibatches of
 ``config.batch_size`` points, so its cost does not grow with ``n``. What grows is the *evaluation*: the certified
@@ -33,24 +41,35 @@ because random blocks ignore geometry.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import time
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttjax import bound as bd
-from ttjax import head as hd
 from ttjax import ot
-from ttjax import terms as tm
-from ttjax import transforms as tf
-from ttjax.sampling import full_batch, make_pair
-from ttjax.tasks import Task
 
-__all__ = ["partition", "blocked_w", "certified_w_blocked", "evaluate_large", "analyse_large"]
+__all__ = ["dense_classes", "blocked_classes", "partition", "blocked_value"]
+
+
+def dense_classes(x, a, y, b, cost_fn, *, epsilon, num_iters: int, threshold: Optional[float]) -> jax.Array:
+  """Every class's certified value ``<round(P_t), C_t>``, ``C_t = cost_fn(x, y_t)``, one class at a time
+  (``lax.map``: memory ``n x m``, and each Sinkhorn stops at its own marginal-error threshold). Jittable."""
+  one = lambda args: ot.certified_value(cost_fn(x, args[0]), args[1], args[2], epsilon=epsilon, num_iters=num_iters,
+                                        threshold=threshold)
+  return jax.lax.map(one, (y, a, b))
+
+
+def blocked_classes(x, a, y, b, cost_fn, *, epsilon, num_iters: int, threshold: Optional[float],
+                    block_size: int = 2048, seed: int = 0) -> jax.Array:
+  """Every class's certified value by the block partition (:func:`blocked_value`, on the host): an upper bound of
+  the exact ``W_t`` like the dense value, never more than one ``block_size``-ish cost matrix at a time."""
+  x, a, y, b = (np.asarray(v) for v in (x, a, y, b))
+  values = [blocked_value(x, a[t], y[t][b[t] > 0], b[t][b[t] > 0], cost_fn=cost_fn, block_size=block_size,
+                          epsilon=float(epsilon), num_iters=num_iters, threshold=threshold, seed=seed + t)[0]
+            for t in range(y.shape[0])]
+  return jnp.asarray(values, jnp.float32)
 
 
 def _principal_axis(points: np.ndarray, rng: np.random.Generator, sample: int = 2048, iters: int = 20):
@@ -145,8 +164,8 @@ def _blocks_value(x, y, bix, bax, biy, bay, epsilon, cost_fn, num_iters, thresho
   return jnp.sum(jax.lax.map(one, (bix, bax, biy, bay)))
 
 
-def blocked_w(x, a, y, b, *, cost_fn=ot.euclidean, block_size: int = 2048, epsilon: float = 0.005,
-              num_iters: int = 3000, threshold: Optional[float] = 1e-5, seed: int = 0) -> tuple[float, int]:
+def blocked_value(x, a, y, b, *, cost_fn=ot.euclidean, block_size: int = 2048, epsilon: float = 0.005,
+                  num_iters: int = 3000, threshold: Optional[float] = 1e-5, seed: int = 0) -> tuple[float, int]:
   """Certified upper bound of ``W(sum_i a_i delta_{x_i}, sum_j b_j delta_{y_j})`` by the block partition (module
   docstring). ``x (n, d)``, ``a (n,)``, ``y (m, d)``, ``b (m,)`` with equal total mass. Returns
   ``(value, number of blocks)``. Never builds more than one ``block_size x block_size``-ish cost matrix; blocks
@@ -161,57 +180,3 @@ def blocked_w(x, a, y, b, *, cost_fn=ot.euclidean, block_size: int = 2048, epsil
   value = sum(float(_blocks_value(xj, yj, *_pack(g, shape=shape), epsilon, cost_fn, num_iters, threshold))
               for shape, g in groups.items())
   return value, len(blocks)
-
-
-def certified_w_blocked(params: tf.Transforms, pair, config: bd.BoundConfig, *, block_size: int = 2048,
-                        seed: int = 0):
-  """``bound.certified_w`` with every class problem solved by :func:`blocked_w`: returns ``(w0, class_w,
-  mismatch)`` with ``W = w0 + Lambda * mismatch`` (``w0`` the label-split value at ``Lambda = 0``)."""
-  config = config.resolved(pair.source.dim)
-  cost_fn = ot.resolve_cost(config.cost_fn)
-  batch = full_batch(pair)
-  zt, wt = np.asarray(batch.zt), np.asarray(batch.wt)
-
-  def solve_classes(x, a_hat):  # host loop over classes, each one a blocked certified solve
-    x, a_hat = np.asarray(x), np.asarray(a_hat)
-    values = [blocked_w(x, a_hat[t], zt[t][wt[t] > 0], wt[t][wt[t] > 0], cost_fn=cost_fn, block_size=block_size,
-                        epsilon=config.eval_epsilon, num_iters=config.eval_iters, threshold=config.eval_threshold,
-                        seed=seed + t)[0] for t in range(zt.shape[0])]
-    return jnp.asarray(values, jnp.float32)
-
-  return tm.split_wasserstein(params, batch, cost_fn, solve_classes)
-
-
-def evaluate_large(params: tf.Transforms, pair, head: hd.LinearHead, config: bd.BoundConfig, *,
-                   block_size: int = 2048, seconds: float = float("nan")) -> bd.BoundResult:
-  """:func:`ttjax.bound.evaluate` with the blocked certified ``W`` (same terms, same ``tau_hat``)."""
-  config = config.resolved(pair.source.dim)
-  w0, _, mismatch = certified_w_blocked(params, pair, config, block_size=block_size)
-  t = jax.device_get(bd.evaluate_terms(params, pair, head, full_batch(pair), config))
-  return bd.assemble_result(t, w0, mismatch, params, config, pair.num_source, pair.num_target, seconds,
-                            n_source_fit=pair.source.n, n_target_fit=pair.target.n, n_source_eval=pair.source.n,
-                            n_target_eval=pair.target.n)
-
-
-def analyse_large(key: jax.Array, source: Task, target: Task, config: bd.BoundConfig = bd.BoundConfig(), *,
-                  block_size: int = 2048, label_map=None, prior=None,
-                  head: Optional[hd.LinearHead] = None) -> bd.Analysis:
-  """:func:`ttjax.bound.analyse` for large tasks: minibatch training (``config.batch_size`` must be set) and
-  :func:`evaluate_large`. Same keys, same head and transforms as ``analyse``; only ``W``'s solver differs."""
-  if config.space != "feature" or config.holdout > 0:
-    raise ValueError("analyse_large computes the in-sample feature-space bound: pass "
-                     "BoundConfig(space='feature', holdout=0.0) (the certified logit-space bound runs through "
-                     "ttjax.analyse)")
-  if config.batch_size is None:
-    raise ValueError("analyse_large: full-batch training builds n_s x n_t,k cost matrices; set "
-                     "BoundConfig.batch_size")
-  start = time.perf_counter()
-  pair = make_pair(source, target)
-  config, head, params, k_fit = bd.prepare(key, source, target, config, label_map=label_map, prior=prior,
-                                           head=head)
-  history = {}
-  if config.trainable:
-    params, history = bd.fit(k_fit, params, pair, head, config)
-  result = evaluate_large(params, pair, head, config, block_size=block_size)
-  result = dataclasses.replace(result, seconds=time.perf_counter() - start)
-  return bd.Analysis(result=result, params=params, head=head, pair=pair, history=jax.device_get(history))

@@ -32,7 +32,7 @@ from ttjax import BoundConfig
 from ttjax.app.resolve import TaskData, resolve_task
 from ttjax.app.steps import bound_row, compute_scores, ground_truth
 from ttjax.data import train_test_split
-from ttjax.features import zoo_names
+from ttjax.features import zoo_entry, zoo_names
 from ttjax.selection import weighted_tau
 
 RANKED = ("bound", "bound_estimate", "logme", "hscore")  # higher = predicted better (bounds negated)
@@ -65,7 +65,8 @@ def analyse_pair(source: TaskData, target: TaskData, steps: int, seed: int) -> d
   scores, _ = compute_scores(jax.random.fold_in(key, 3), target, ("logme", "hscore"))
   return dict(model=target.model, target=target.name, k_t=target.num_classes, d=target.dim,
               n_fit=row["n_target_fit"], n_eval=row["n_target_eval"], bound=row["bound"],
-              source_loss=row["source_loss"], entropy=row["entropy"], wasserstein=row["wasserstein"],
+              source_loss=row["source_loss"], entropy=row["entropy"], merge_gain=row["merge_gain"],
+              wasserstein=row["wasserstein"],
               temperature=row["temperature"], h_t_loss=row["target_loss"], h_t_acc=row["target_accuracy"],
               bound_estimate=est["bound"], estimate_tau_w=est["tau_hat"] * est["wasserstein"],
               ft_loss=gt["loss"], ft_acc=gt["accuracy"], split=row["split_target"],
@@ -74,12 +75,12 @@ def analyse_pair(source: TaskData, target: TaskData, steps: int, seed: int) -> d
 
 
 def pair_table(rows: list[dict]) -> str:
-  head = ("| encoder | target | K_t | bound | src loss | H | W | bound est. (τ̂·W) | h_T loss | h_T acc | FT loss "
-          "| FT acc | log K_t | bound ≥ h_T loss |")
+  head = ("| encoder | target | K_t | bound | src loss | H | −gain | W | bound est. (τ̂·W) | h_T loss | h_T acc "
+          "| FT loss | FT acc | log K_t | bound ≥ h_T loss |")
   lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
   for r in rows:
     lines.append(f"| {r['model']} | {r['target']} | {r['k_t']} | {r['bound']:.3f} | {r['source_loss']:.3f} | "
-                 f"{r['entropy']:.3f} | {r['wasserstein']:.3f} | {r['bound_estimate']:.2f} ({r['estimate_tau_w']:.2f}) "
+                 f"{r['entropy']:.3f} | {r['merge_gain']:.3f} | {r['wasserstein']:.3f} | {r['bound_estimate']:.2f} ({r['estimate_tau_w']:.2f}) "
                  f"| {r['h_t_loss']:.3f} | {r['h_t_acc']:.3f} | {r['ft_loss']:.3f} | {r['ft_acc']:.3f} | "
                  f"{math.log(r['k_t']):.3f} | {'yes' if r['bound'] >= r['h_t_loss'] else 'NO'} |")
   return "\n".join(lines)
@@ -104,7 +105,7 @@ def ranking_table(rows: list[dict], targets: list[str]) -> str:
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--models", default=",".join(zoo_names()))
+  ap.add_argument("--models", default=",".join(n for n in zoo_names() if zoo_entry(n).modality == "text"))
   ap.add_argument("--source", default="20ng")
   ap.add_argument("--targets", default="r8,r52,tweets")
   ap.add_argument("--source-limit", type=int, default=1000, help="rows per split of the source (class-stratified)")

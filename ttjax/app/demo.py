@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import jax
 import numpy as np
@@ -21,6 +22,7 @@ from ttjax.app import report as rp
 from ttjax.app import steps
 from ttjax.app.commands import (bound_config, bound_entry, bound_with_truth, ground_truth_for, pair_name,
                                 print_ranking, rank_rows, resolve, score_entry, write_outputs)
+from ttjax.app.journal import Journal
 from ttjax.app.resolve import TaskData, parse_list, resolve_task
 from ttjax.assets import AssetUnavailableError
 from ttjax.progress import progress
@@ -89,7 +91,7 @@ def pair_row(args, source: TaskData, target: TaskData, config, names, model: str
 
 
 def demo_images(args, config, names, *, models=DEMO_IMAGE_MODELS, limit: int = DEMO_IMAGE_LIMIT,
-                test_limit: int = DEMO_IMAGE_TEST_LIMIT) -> tuple[list, dict]:
+                test_limit: int = DEMO_IMAGE_TEST_LIMIT, journal: Optional[Journal] = None) -> tuple[list, dict]:
   """The image part: the image encoders ``models`` on ``DEMO_IMAGE_SOURCE -> DEMO_IMAGE_TARGET`` subsets
   (class-stratified, ``limit`` train / ``test_limit`` test images per task); prints the bound table, the scores
   and the ranking; returns ``(rows, {target: ranking})``."""
@@ -102,9 +104,14 @@ def demo_images(args, config, names, *, models=DEMO_IMAGE_MODELS, limit: int = D
   bar = progress(models, desc="demo images", unit="model", disable=args.quiet)
   for i, model in enumerate(bar):
     bar.set_postfix_str(f"{model}: {DEMO_IMAGE_SOURCE} -> {DEMO_IMAGE_TARGET}")
-    source, target = (resolve_task(t, model, limit=limit, test_limit=test_limit, seed=args.seed,
-                                   progress=not args.quiet) for t in (DEMO_IMAGE_SOURCE, DEMO_IMAGE_TARGET))
-    rows.append(pair_row(args, source, target, config, names, model, salt=100 + i))
+    key = f"image:{model}:{DEMO_IMAGE_SOURCE}->{DEMO_IMAGE_TARGET}:{limit}/{test_limit}"
+    row = journal.get(key) if journal is not None else None
+    if row is None:
+      source, target = (resolve_task(t, model, limit=limit, test_limit=test_limit, seed=args.seed,
+                                     progress=not args.quiet) for t in (DEMO_IMAGE_SOURCE, DEMO_IMAGE_TARGET))
+      row = pair_row(args, source, target, config, names, model, salt=100 + i)
+      row = journal.put(key, row) if journal is not None else row
+    rows.append(row)
   bar.close()
   ranking = {DEMO_IMAGE_TARGET: rank_rows(rows, names)} if rows and all(r["ground_truth"] for r in rows) else {}
   for t, rep in ranking.items():
@@ -134,10 +141,15 @@ def demo_real(args) -> int:
   tasks = _demo_tasks(args, models, src_limit, tgt_limit, tgt_test_limit)
   targets = list(DEMO_TARGETS) + [SHUFFLED]
   rows = []
+  journal = Journal("demo", args, enabled=not args.no_resume)  # an interrupted demo resumes from its finished pairs
   bar = progress([(m, t) for m in models for t in targets], desc="demo", unit="pair", disable=args.quiet)
   for i, (model, t) in enumerate(bar):
     bar.set_postfix_str(f"{model}: {DEMO_SOURCE} -> {t}")
-    rows.append(pair_row(args, tasks[model]["source"], tasks[model][t], config, names, model, salt=i))
+    row = journal.get(f"text:{model}:{t}")
+    if row is None:
+      row = journal.put(f"text:{model}:{t}", pair_row(args, tasks[model]["source"], tasks[model][t], config, names,
+                                                      model, salt=i))
+    rows.append(row)
   bar.close()
   trows = {t: [r for r in rows if r["target"] == tasks[r["model"]][t].name] for t in targets}
   ranking = {}
@@ -161,7 +173,7 @@ def demo_real(args) -> int:
   image_rows, image_ranking = [], {}
   if not getattr(args, "no_images", False):
     try:
-      image_rows, image_ranking = demo_images(args, config, names)
+      image_rows, image_ranking = demo_images(args, config, names, journal=journal)
     except (AssetUnavailableError, OSError) as e:
       print(f"\nImages skipped: the image encoders / corpora are not available offline ({str(e).splitlines()[0]})")
   print(f"\ndone in {time.perf_counter() - start:.1f}s")
@@ -183,6 +195,7 @@ def demo_real(args) -> int:
     args.plot = DEMO_FIGURES  # the demo draws its figures by default
   write_outputs(args, "demo", rows + image_rows, plot=plots, ranking={**ranking, **image_ranking})
   print(f"figures in {Path(args.plot).resolve()}")
+  journal.done()
   return 0
 
 

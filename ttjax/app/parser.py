@@ -180,4 +180,5 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--target-test-limit", type=POSITIVE, default=None, help=f"target test rows (default "
                  f"{DEMO_TARGET_TEST_LIMIT})")
   _add_groups(p, cmd_demo, limit_help=f"source rows (default {DEMO_SOURCE_LIMIT})")
+  _add_resume_option(p)
   return ap

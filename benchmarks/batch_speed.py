@@ -10,6 +10,7 @@ The script exposes one XLA host device per CPU core (``--xla_force_host_platform
 ``XLA_FLAGS`` already sets it) so the batch's shards run concurrently; the single-pair loop runs on device 0 with
 XLA's usual intra-op threads.
 
+    python benchmarks/batch_speed.py [--space logit|feature]   # default: the certified bound
     python benchmarks/batch_speed.py            # 256 pairs, n = 256, d = 64, K = 5, 300 steps; then n = 1000,
                                                 # d = 384, K = 10 with 8 pairs
     python benchmarks/batch_speed.py --quick    # 32 pairs, 100 steps; 4 large pairs
@@ -53,12 +54,20 @@ def make_pairs(num, n, d, k, seed=0):
   return pairs
 
 
-def measure(num, n, d, k, steps, loop_pairs):
-  cfg = bd.BoundConfig(steps=steps, batch_size=n, head_steps=steps, space="feature", holdout=0.0)
+def bound_config(space: str, n: int, steps: int) -> bd.BoundConfig:
+  """The measured analysis: the default certified bound (``logit``: held-out halves, L-BFGS head per pair, fit and
+  certification batched) or the paper's in-sample feature-space bound (``feature``: the ragged vmapped program)."""
+  if space == "logit":
+    return bd.BoundConfig(steps=steps, batch_size=n, head_steps=steps)
+  return bd.BoundConfig(steps=steps, batch_size=n, head_steps=steps, space="feature", holdout=0.0)
+
+
+def measure(num, n, d, k, steps, loop_pairs, space="logit"):
+  cfg = bound_config(space, n, steps)
   pairs = make_pairs(num, n, d, k)
   sources, targets = [p[0] for p in pairs], [p[1] for p in pairs]
   keys = jax.random.split(jax.random.PRNGKey(0), num)
-  print(f"pairs={num} n={n} d={d} K={k} steps={steps} devices={len(jax.devices())}", flush=True)
+  print(f"space={space} pairs={num} n={n} d={d} K={k} steps={steps} devices={len(jax.devices())}", flush=True)
   timings = {}
   for name, devices in (("batched", jax.devices()), ("batched, 1 device", jax.devices()[:1])):
     if name != "batched" and len(jax.devices()) == 1:
@@ -92,7 +101,7 @@ def worker(args) -> None:
   if group is not None:
     bt.join_processes(group, timeout=120)
   n, d, k, steps = SIZES["n"], SIZES["d"], SIZES["k"], SIZES["steps"]
-  cfg = bd.BoundConfig(steps=steps, batch_size=n, head_steps=steps, space="feature", holdout=0.0)
+  cfg = bound_config(args.space, n, steps)
   sources, targets = zip(*make_pairs(args.pairs, n, d, k))
   keys = jax.random.split(jax.random.PRNGKey(0), args.pairs)
   t = time.perf_counter()
@@ -111,12 +120,13 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def run_group(num: int, pairs: int, deadline: float) -> list[dict]:
+def run_group(num: int, pairs: int, deadline: float, space: str) -> list[dict]:
   """``num`` worker processes of this script on 127.0.0.1 (cores split evenly into host devices); their JSON."""
   devices = max(1, (os.cpu_count() or 1) // num)
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
   port = _free_port()
-  procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--pairs", str(pairs), "--coordinator",
+  procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--pairs", str(pairs), "--space", space,
+                             "--coordinator",
                              f"127.0.0.1:{port}", "--num-processes", str(num), "--process-id", str(i)],
                             stdout=subprocess.PIPE, text=True, env=env) for i in range(num)]
   try:
@@ -132,13 +142,13 @@ def run_group(num: int, pairs: int, deadline: float) -> list[dict]:
   return [json.loads(o.strip().splitlines()[-1]) for o in outs]
 
 
-def compare_processes(num: int, pairs: int, deadline: float) -> None:
+def compare_processes(num: int, pairs: int, deadline: float, space: str) -> None:
   """Pairs/s of 1 process vs ``num`` processes over the same pairs, and whether their bounds are equal."""
-  print(f"pairs={pairs} n={SIZES['n']} d={SIZES['d']} K={SIZES['k']} steps={SIZES['steps']} "
+  print(f"space={space} pairs={pairs} n={SIZES['n']} d={SIZES['d']} K={SIZES['k']} steps={SIZES['steps']} "
         f"cores={os.cpu_count()}", flush=True)
   bounds = {}
   for procs in (1, num):
-    runs = run_group(procs, pairs, deadline)
+    runs = run_group(procs, pairs, deadline, space)
     slowest = max(r["seconds"] for r in runs)  # the batch is done when every process has its results
     bounds[procs] = [r["bounds"] for r in runs]
     print(f"  {procs} process(es) x {runs[0]['devices'] // procs} device(s): {slowest:8.2f} s -> "
@@ -156,6 +166,8 @@ def main():
   ap.add_argument("--processes", type=int, default=None, help="compare 1 process with this many (jax.distributed)")
   ap.add_argument("--pairs", type=int, default=32, help="pairs of the --processes comparison (default 32)")
   ap.add_argument("--deadline", type=float, default=1200, help="seconds a --processes group may take")
+  ap.add_argument("--space", choices=("logit", "feature"), default="logit",
+                  help="logit: the default certified bound; feature: the paper's in-sample bound (ragged program)")
   ap.add_argument("--coordinator", help=argparse.SUPPRESS)  # a worker of a --processes group
   ap.add_argument("--num-processes", type=int, help=argparse.SUPPRESS)
   ap.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
@@ -163,13 +175,13 @@ def main():
   if args.num_processes is not None:
     worker(args)
   elif args.processes:
-    compare_processes(args.processes, args.pairs, args.deadline)
+    compare_processes(args.processes, args.pairs, args.deadline, args.space)
   elif args.quick:
-    measure(32, 256, 64, 5, 100, args.loop_pairs or 32)
-    measure(4, 1000, 384, 10, 50, args.loop_pairs or 4)
+    measure(32, 256, 64, 5, 100, args.loop_pairs or 32, args.space)
+    measure(4, 1000, 384, 10, 50, args.loop_pairs or 4, args.space)
   else:
-    measure(256, 256, 64, 5, 300, args.loop_pairs or 256)
-    measure(8, 1000, 384, 10, 300, args.loop_pairs or 8)
+    measure(256, 256, 64, 5, 300, args.loop_pairs or 256, args.space)
+    measure(8, 1000, 384, 10, 300, args.loop_pairs or 8, args.space)
 
 
 if __name__ == "__main__":

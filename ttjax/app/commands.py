@@ -235,13 +235,18 @@ def cmd_bound(args) -> int:
     return _cmd_relatedness(args, source, target, config)
   row = bound_with_truth(args, source, target, config, pair_name(source, target, args.model))
   gt = row.get("ground_truth")
-  print()
-  print(rp.bound_table([row]))
-  if gt is not None:
-    print(f"(FT = actual transfer: linear head fine-tuned on {target.name} train [{gt['n_train']}], "
-          f"evaluated on {gt['held_out']} [{gt['n_test']}]; lr={gt['lr']:g}, wd={gt['wd']:g})")
+  _print_table(rp.bound_table([row]), gt and f"(FT = actual transfer: linear head fine-tuned on {target.name} train "
+               f"[{gt['n_train']}], evaluated on {gt['held_out']} [{gt['n_test']}]; lr={gt['lr']:g}, wd={gt['wd']:g})")
   write_outputs(args, "bound", [row], plot=lambda d: [rp.plot_bound_terms([row], str(d / "bound_terms.png"))])
   return 0
+
+
+def _print_table(table: str, note: Optional[str]) -> None:
+  """A one-row result table, then its ground-truth note (if any)."""
+  print()
+  print(table)
+  if note:
+    print(note)
 
 
 def _cmd_relatedness(args, source: TaskData, target: TaskData, config: BoundConfig) -> int:
@@ -259,11 +264,9 @@ def _cmd_relatedness(args, source: TaskData, target: TaskData, config: BoundConf
   gt = _evaluation_truth(args, target)
   if gt is not None:
     row["ground_truth"] = gt
-  print()
-  print(rp.relatedness_table([row]))
-  if gt is not None:
-    print(f"(FT = actual transfer, for evaluation only: linear head fine-tuned on {target.name}'s labels "
-          f"[{gt['n_train']}], evaluated on {gt['held_out']} [{gt['n_test']}]; the relatedness did not use them)")
+  _print_table(rp.relatedness_table([row]), gt and (
+      f"(FT = actual transfer, for evaluation only: linear head fine-tuned on {target.name}'s labels "
+      f"[{gt['n_train']}], evaluated on {gt['held_out']} [{gt['n_test']}]; the relatedness did not use them)"))
   write_outputs(args, "bound", [row], label_free=True,
                 plot=lambda d: [rp.plot_bound_terms([row], str(d / "relatedness_terms.png"),
                                                     title="label-free relatedness by term")])

@@ -97,7 +97,7 @@ class BoundConfig:
 
   Static (a change compiles a new program): ``space``, ``holdout``, ``setting``, ``freeze``, ``steps``,
   ``batch_size``, ``cost_fn``, ``sinkhorn_iters``, ``sinkhorn_lse_mode``, ``eval_iters``, ``eval_threshold``,
-  ``head_steps``, ``label_map_init`` (:data:`STATIC_FIELDS`). Traced (leaves: a sweep over them compiles once):
+  ``head_steps``, ``label_map_init``, ``transport_classes``, ``block_size`` (:data:`STATIC_FIELDS`). Traced (leaves: a sweep over them compiles once):
   the learning rates, ``lambda_*``, ``label_cost``, ``epsilon``, ``eval_epsilon``, ``tau``, ``head_penalty``,
   ``head_lr``, ``min_label_mass`` and the weights of ``terms``. Resolve the data-dependent defaults
   (:meth:`resolved`) before passing a config to a jitted function.
@@ -128,7 +128,8 @@ class BoundConfig:
     label_map_init: ``learned_all``'s starting ``B``: ``"centroid"`` (OT between class centroids,
       :func:`ttjax.transforms.centroid_label_map`) or ``"uniform"`` (near uniform, symmetric).
     transport_classes: logit space, training only: each target class's ``W`` transports the minibatch rows of
-      its ``k`` most likely source classes (``None``: all; see :func:`ttjax.logit_bound.wasserstein`).
+      its ``k`` most likely source classes and the others' class-mean logits (``None``: every row; see
+      :func:`ttjax.logit_bound.wasserstein`).
     block_size: the certified evaluation's per-class solver: ``None`` dense (one rounded plan per class), else the
       block partition with at most this many points per side (:mod:`ttjax.solvers`; large tasks, no
       ``n_s x n_t`` matrix). Needs ``batch_size``.

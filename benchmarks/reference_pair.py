@@ -76,7 +76,8 @@ def main():
     print(f"\nttjax, {label}: {sps:.2f} steps/s = {sps / base_sps:.1f}x the baseline (target >= 15x)")
     print(f"  certified held-out bound @ {args.steps} steps: {result.bound:.4f}   (reference: {REFERENCE_BOUND} after "
           f"2,001 steps; ratio {result.bound / REFERENCE_BOUND:.3f}, target <= 1)")
-    print(f"  = source loss {result.source_loss:.4f} + H {result.entropy:.4f} + W {result.wasserstein:.4f};  "
+    print(f"  = source loss {result.source_loss:.4f} + H {result.entropy:.4f} - gain {result.merge_gain:.4f} + W "
+          f"{result.wasserstein:.4f};  "
           f"log K_t = {math.log(k):.4f}")
     print(f"  held-out target loss of h_T {result.target_loss:.4f}, accuracy {result.target_accuracy:.3f} "
           f"(split: {result.split}, n_s = {result.n_source_eval}, n_t = {result.n_target_eval})")

@@ -8,6 +8,8 @@ Names: the ttjax builders (see :data:`ALIASES`: ``"20newsgroups"``, ``"r8"``, ``
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ import numpy as np
 
 from ttjax.assets import file_digest, get_cache_dir
 
-__all__ = ["ALIASES", "dataset_names", "default_data_dir", "get_builder", "source_key", "prepare", "load"]
+__all__ = ["ALIASES", "dataset_names", "default_data_dir", "get_builder", "source_key", "prepare", "load", "quiet_tfds"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -69,15 +71,31 @@ def prepare(name: str, data_dir: Optional[PathLike] = None, **kwargs):
   """Build (once) the ArrayRecord files of the ttjax dataset ``name``; returns the builder."""
   # optional: ttjax[data]
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  builder = get_builder(name, data_dir, **kwargs)
-  if builder is None:
-    raise KeyError(f"{name!r} is not a ttjax dataset ({dataset_names()})")
-  if not builder.is_prepared():
-    if not sys.stderr.isatty():  # a log or a pipe: no carriage-return bar frames
-      tfds.disable_progress_bar()
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False, verify_ssl=True))
+  with quiet_tfds():
+    builder = get_builder(name, data_dir, **kwargs)
+    if builder is None:
+      raise KeyError(f"{name!r} is not a ttjax dataset ({dataset_names()})")
+    if not builder.is_prepared():
+      if not sys.stderr.isatty():  # a log or a pipe: no carriage-return bar frames
+        tfds.disable_progress_bar()
+      print(f"preparing {name} (first use; cached in {builder.data_dir})", file=sys.stderr, flush=True)
+      with contextlib.redirect_stdout(io.StringIO()):  # tfds prints 'Downloading and preparing dataset Unknown size'
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False, verify_ssl=True))
   return builder
+
+
+@contextlib.contextmanager
+def quiet_tfds():
+  """tfds's absl warnings off for the block (a first-use folder 'has no dataset_info.json', 'OpenCV is not
+  installed ... Defaulting to PIL'): noise for a ttjax user, not a problem."""
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel  (installed with tfds)
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(verbosity)
 
 
 def _decode_all(source) -> list:
@@ -114,7 +132,8 @@ def load(name: str, split: str, data_dir: Optional[PathLike] = None,
   source = builder.as_data_source(split=split)
   info = builder.info
   in_key, label_key = info.supervised_keys or (None, "label")
-  examples = _decode_all(source)
+  with quiet_tfds():
+    examples = _decode_all(source)
   if in_key is None:
     keys = [k for k in ("text", "image", "sentence", "content", "document") if examples and k in examples[0]]
     if not keys:

@@ -112,6 +112,21 @@ def test_four_processes_equal_one_process(tmp_path, single):
   _check_group(tmp_path, single, 4, 1)
 
 
+def test_the_default_certified_bound_over_two_processes_equals_one_process(tmp_path):
+  """The default bound (logit space, held out) on a zoo's 8 pairs (widths 5-7: one zero-padded group) runs through
+  the prepared-pair programs; sharded over 2 processes x 2 devices (each process preparing only its devices' pairs)
+  it equals 1 process x 4 devices bit for bit, on every process."""
+  (tmp_path / "one").mkdir()
+  [(rc, out, err)] = _run_group(tmp_path / "one", [[sys.executable, WORKER, "--devices", "4", "--space", "logit"]])
+  assert rc == 0, err[-3000:]
+  one = _last_json(out)["results"]
+  assert all(r["split"] == "held-out" and r["bound"] >= r["target_loss"] for r in one)
+  runs = _run_group(tmp_path, _workers(2, 2, "--space", "logit"))
+  for i, (rc, out, err) in enumerate(runs):
+    assert rc == 0, f"process {i}: {err[-3000:]}"
+    assert _last_json(out)["results"] == one, f"process {i} differs from the single-process run"
+
+
 def test_a_process_that_never_joins_stops_the_others_within_the_timeout(tmp_path):
   # 3 processes expected, 2 started: the coordinator (0) and a client (1) both give up after 3 s with one line
   t0 = time.monotonic()

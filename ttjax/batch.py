@@ -591,6 +591,18 @@ def _pad_pair_dim(pair: TaskPair, d: int) -> TaskPair:
       **{f: np.asarray(getattr(pair, f)) for f in ("s_offsets", "s_counts", "t_offsets", "t_counts")})
 
 
+def _pad_batch_dim(batch: Batch, d: int) -> Batch:
+  return dataclasses.replace(batch, zs=_pad_last(batch.zs, d), zt=_pad_last(batch.zt, d),
+                             **{f: np.asarray(getattr(batch, f)) for f in ("ys", "ws", "wt", "pt")})
+
+
+def _pad_layout(layout: tuple, d: int) -> tuple:
+  """A pair's data ``(fit data, eval pair, eval batch)`` with its features zero-padded to ``d`` columns."""
+  data, pair, batch = layout
+  data = _pad_batch_dim(data, d) if isinstance(data, Batch) else _pad_pair_dim(data, d)
+  return data, _pad_pair_dim(pair, d), _pad_batch_dim(batch, d)
+
+
 def _pad_dim(prepared: tuple, d: int) -> tuple:
   """One prepared logit-space pair ``(k_fit, params, fit data, eval pair, eval batch, head)`` with its features
   zero-padded to ``d`` columns, the head's ``W`` with zero columns, ``A_bar`` with an identity block and ``b``
@@ -600,12 +612,9 @@ def _pad_dim(prepared: tuple, d: int) -> tuple:
   dim = params.A_bar.shape[0]
   a_bar = np.eye(d, dtype=np.float32)
   a_bar[:dim, :dim] = np.asarray(params.A_bar)
-  pad_batch = lambda b: dataclasses.replace(b, zs=_pad_last(b.zs, d), zt=_pad_last(b.zt, d),
-                                            **{f: np.asarray(getattr(b, f)) for f in ("ys", "ws", "wt", "pt")})
-  data = pad_batch(data) if isinstance(data, Batch) else _pad_pair_dim(data, d)
   params = dataclasses.replace(params, A_bar=a_bar, b=_pad_last(params.b, d),
                                **{f: np.asarray(getattr(params, f)) for f in ("p_logits", "log_temperature")})
-  return (np.asarray(k_fit), params, data, _pad_pair_dim(pair, d), pad_batch(batch),
+  return (np.asarray(k_fit), params, *_pad_layout((data, pair, batch), d),
           hd.LinearHead(W=_pad_last(head.W, d), c=np.asarray(head.c)))
 
 
@@ -614,58 +623,69 @@ def _analyse_prepared(keys, sources, targets, config, heads, label_maps, priors,
   ``fit`` and the certified evaluation run as batched, device-sharded programs.
 
   The host steps run per pair with the pair's key exactly as ``analyse`` runs them (the held-out split, the source
-  head, the starting transforms). Pairs whose arrays have the same shapes are then stacked: in logit space the
-  feature dimension is zero-padded to the group's largest first (:func:`_pad_dim`, exact), so the encoders of a
-  zoo on one (source, target) task pair form one group; in feature space ``d`` fixes ``Lambda``, ``tau`` and
-  ``A``, so each ``d`` is its own group. Each group's fits run as one vmapped program (blocks of ``chunk`` pairs),
-  its certified evaluations one pair after another in one program (see :func:`_program`)."""
+  head, the starting transforms). Pairs whose arrays have the same shapes are stacked: in logit space the feature
+  dimension is zero-padded to the widest first (:func:`_pad_dim`, exact), so the encoders of a zoo on one
+  (source, target) task pair form one group; in feature space ``d`` fixes ``Lambda``, ``tau`` and ``A``, so each
+  ``d`` is its own group. Each group's fits run as one vmapped program (blocks of ``chunk`` pairs), its certified
+  evaluations one pair after another in one program (see :func:`_program`). Over several processes, a process
+  prepares (head, starting transforms) only the pairs its own devices hold; the heads and every result are then
+  gathered to every process."""
   num = len(sources)
   logit = config.space == "logit"
-  prepared, meta = [], []
-  for i in range(num):
-    fit_pair, eval_pair, split = bd.split_pair(keys[i], sources[i], targets[i], config)
-    cfg, head, params, k_fit = bd.prepare(keys[i], fit_pair.source, fit_pair.target, config,
-                                          label_map=label_maps[i], prior=priors[i], head=heads[i])
-    prepared.append((k_fit, params, bd.fit_data(fit_pair, cfg), eval_pair, full_batch(eval_pair), head))
-    meta.append((cfg, split, fit_pair))
   dims = [s.dim for s in sources]
+  configs = [config.resolved(d) for d in dims]
+  splits = [bd.split_pair(keys[i], sources[i], targets[i], config) for i in range(num)]  # cheap, host
+  layout = lambda i: (bd.fit_data(splits[i][0], configs[i]), splits[i][1], full_batch(splits[i][1]))
+  width = lambda i: max(dims) if logit else dims[i]
   shape_of = lambda tree: (jax.tree_util.tree_structure(tree), tuple(np.shape(x) for x in jax.tree.leaves(tree)))
   groups: dict = {}
   for i in range(num):
-    d = max(dims) if logit else dims[i]
-    groups.setdefault((d, shape_of(_pad_dim(prepared[i], d) if logit else prepared[i])), []).append(i)
+    shapes = shape_of(_pad_layout(layout(i), width(i)) if logit else layout(i))
+    groups.setdefault((width(i), sources[i].num_classes, targets[i].num_classes, shapes), []).append(i)
+
+  def prepare(i):  # the expensive host steps: the source head and the starting transforms
+    fit_pair = splits[i][0]
+    _, head, params, k_fit = bd.prepare(keys[i], fit_pair.source, fit_pair.target, config, label_map=label_maps[i],
+                                        prior=priors[i], head=heads[i])
+    return (k_fit, params, *layout(i), head)
+
   out: list[Optional[bd.Analysis]] = [None] * num
-  ndev = mesh.devices.size
-  for (d, _), idx in groups.items():
-    order = idx + [idx[0]] * (-len(idx) % ndev)  # pad the pair axis to a multiple of the device count
+  devices = list(mesh.devices.flat)
+  for (d, *_), idx in groups.items():
+    order = idx + [idx[0]] * (-len(idx) % len(devices))  # pad the pair axis to a multiple of the device count
+    per_device = len(order) // len(devices)
+    mine = {order[j] for j in range(len(order)) if devices[j // per_device].process_index == jax.process_index()}
+    prepared = {i: prepare(i) for i in sorted(mine)}
+    stand_in = prepared[min(mine)]  # rows of other processes' devices: never read here (_shard builds own shards)
     stack = lambda trees: jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
-    group = stack([_pad_dim(prepared[i], d) if logit else prepared[i] for i in order])
+    group = stack([(_pad_dim(prepared.get(i, stand_in), d) if logit else prepared.get(i, stand_in)) for i in order])
     k_fit, params, data, pair, batch, head = _shard(group, mesh)
-    cfg = meta[idx[0]][0] if not logit else config.resolved(d)
+    cfg = config.resolved(d)
     history = {}
     if cfg.trainable:
       params, history = _run(_fit_one, cfg, mesh, chunk, k_fit, params, data, head)
     blocked = cfg.block_size is not None  # the blocked solver runs on the host, pair by pair (bound.evaluate)
     terms = {} if blocked else _run(_certify_one, cfg, mesh, chunk, params, pair, batch, head, sequential=True)
-    params, history, terms = _gather((params, history, terms))
+    params, history, terms, head = _gather((params, history, terms, head))
     for j, i in enumerate(idx):
       p = jax.tree.map(lambda x: x[j], params)
+      dim, (fit_pair, eval_pair, split) = dims[i], splits[i]
       if logit:
-        dim = sources[i].dim
         p = dataclasses.replace(p, A_bar=p.A_bar[:dim, :dim], b=p.b[:dim])
       p = jax.tree.map(jnp.asarray, p)
+      head_i = hd.LinearHead(W=jnp.asarray(head.W[j][:, :dim]), c=jnp.asarray(head.c[j]))
       t = {k: v[j] for k, v in terms.items()}
-      cfg_i, split, fit_pair = meta[i]
-      eval_pair, head_i = prepared[i][3], prepared[i][5]
       sizes = dict(split=split, n_source_fit=fit_pair.source.n, n_target_fit=fit_pair.target.n,
                    n_source_eval=eval_pair.source.n, n_target_eval=eval_pair.target.n)
       if blocked:
-        res = bd.evaluate(p, eval_pair, head_i, cfg_i, split=split, fit_sizes=(fit_pair.source.n, fit_pair.target.n))
+        res = bd.evaluate(p, eval_pair, head_i, configs[i], split=split,
+                          fit_sizes=(fit_pair.source.n, fit_pair.target.n))
       elif logit:
-        res = bd.logit_result(t, p, cfg_i, eval_pair.num_source, eval_pair.num_target, **sizes)
+        res = bd.logit_result(t, p, configs[i], eval_pair.num_source, eval_pair.num_target, **sizes)
       else:
         w0, mismatch = t.pop("w0"), t.pop("mismatch")
-        res = bd.assemble_result(t, w0, mismatch, p, cfg_i, eval_pair.num_source, eval_pair.num_target, **sizes)
+        res = bd.assemble_result(t, w0, mismatch, p, configs[i], eval_pair.num_source, eval_pair.num_target,
+                                 **sizes)
       out[i] = bd.Analysis(result=res, params=p, head=head_i, pair=eval_pair,
                            history={k: v[j] for k, v in history.items()}, fit_pair=fit_pair)
   return out

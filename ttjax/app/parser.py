@@ -7,6 +7,7 @@ import math
 
 from ttjax.app.commands import cmd_bound, cmd_features, cmd_rank, cmd_score
 from ttjax.app.demo import DEMO_MODELS, DEMO_SOURCE_LIMIT, DEMO_TARGET_LIMIT, DEMO_TARGET_TEST_LIMIT, cmd_demo
+from ttjax.features import zoo_names
 from ttjax.transforms import SETTINGS
 
 __all__ = ["build_parser"]
@@ -115,8 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "fine-tuned on the target). " + _TASK_HELP)
   p.add_argument("--source", required=True, help="source TASK")
   p.add_argument("--target", required=True, help="target TASK")
-  p.add_argument("--model", help="MODEL embedding dataset TASKs: zoo name (minilm-l6, minilm-l3, "
-                 "wordllama-l2-256) or a local checkpoint folder; a label for .npz TASKs")
+  p.add_argument("--model", help=f"MODEL embedding dataset TASKs: zoo name ({', '.join(zoo_names())}) or a local "
+                 "checkpoint folder; a label for .npz TASKs")
   _add_groups(p, cmd_bound)
   _add_label_free_options(p)
 

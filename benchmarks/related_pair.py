@@ -10,6 +10,7 @@ distribution in the head's ``K_s``-dimensional logit space: the floor a certifie
 below, whatever the optimiser.
 
     python benchmarks/related_pair.py    # halves of 100, 200, 500 rows per split (20NG features: cached after a first run)
+    python benchmarks/related_pair.py --limit 4000 --sizes 1000,2000    # where the bound goes below log K_t (12 min)
 """
 
 from __future__ import annotations

@@ -603,19 +603,18 @@ def _pad_layout(layout: tuple, d: int) -> tuple:
   return data, _pad_pair_dim(pair, d), _pad_batch_dim(batch, d)
 
 
-def _pad_dim(prepared: tuple, d: int) -> tuple:
-  """One prepared logit-space pair ``(k_fit, params, fit data, eval pair, eval batch, head)`` with its features
-  zero-padded to ``d`` columns, the head's ``W`` with zero columns, ``A_bar`` with an identity block and ``b``
-  with zeros. Exact: a zero column gets a zero gradient everywhere (logits, ``A_bar``, ``b``, the map penalty at
-  its minimum), so Adam leaves the padding where it is and every number of the real block is unchanged."""
-  k_fit, params, data, pair, batch, head = prepared
+def _pad_transforms(prepared: tuple, d: int) -> tuple:
+  """One prepared logit-space pair's ``(k_fit, params, head)`` for features zero-padded to ``d`` columns
+  (:func:`_pad_layout`): the head's ``W`` with zero columns, ``A_bar`` with an identity block and ``b`` with zeros.
+  Exact: a zero column gets a zero gradient everywhere (logits, ``A_bar``, ``b``, the map penalty at its minimum),
+  so Adam leaves the padding where it is and every number of the real block is unchanged."""
+  k_fit, params, head = prepared
   dim = params.A_bar.shape[0]
   a_bar = np.eye(d, dtype=np.float32)
   a_bar[:dim, :dim] = np.asarray(params.A_bar)
   params = dataclasses.replace(params, A_bar=a_bar, b=_pad_last(params.b, d),
                                **{f: np.asarray(getattr(params, f)) for f in ("p_logits", "log_temperature")})
-  return (np.asarray(k_fit), params, *_pad_layout((data, pair, batch), d),
-          hd.LinearHead(W=_pad_last(head.W, d), c=np.asarray(head.c)))
+  return np.asarray(k_fit), params, hd.LinearHead(W=_pad_last(head.W, d), c=np.asarray(head.c))
 
 
 def _analyse_prepared(keys, sources, targets, config, heads, label_maps, priors, mesh, chunk) -> list[bd.Analysis]:
@@ -624,8 +623,8 @@ def _analyse_prepared(keys, sources, targets, config, heads, label_maps, priors,
 
   The host steps run per pair with the pair's key exactly as ``analyse`` runs them (the held-out split, the source
   head, the starting transforms). Pairs whose arrays have the same shapes are stacked: in logit space the feature
-  dimension is zero-padded to the widest first (:func:`_pad_dim`, exact), so the encoders of a zoo on one
-  (source, target) task pair form one group; in feature space ``d`` fixes ``Lambda``, ``tau`` and ``A``, so each
+  dimension is zero-padded to the widest first (:func:`_pad_layout`, :func:`_pad_transforms`: exact), so the
+  encoders of a zoo on one (source, target) task pair form one group; in feature space ``d`` fixes ``Lambda``, ``tau`` and ``A``, so each
   ``d`` is its own group. Each group's fits run as one vmapped program (blocks of ``chunk`` pairs), its certified
   evaluations one pair after another in one program (see :func:`_program`). Over several processes, a process
   prepares (head, starting transforms) only the pairs its own devices hold; the heads and every result are then
@@ -635,19 +634,20 @@ def _analyse_prepared(keys, sources, targets, config, heads, label_maps, priors,
   dims = [s.dim for s in sources]
   configs = [config.resolved(d) for d in dims]
   splits = [bd.split_pair(keys[i], sources[i], targets[i], config) for i in range(num)]  # cheap, host
-  layout = lambda i: (bd.fit_data(splits[i][0], configs[i]), splits[i][1], full_batch(splits[i][1]))
   width = lambda i: max(dims) if logit else dims[i]
+  # each pair's data (fit data, eval pair, eval batch), built once, its features padded to the group's width
+  layouts = [(bd.fit_data(splits[i][0], configs[i]), splits[i][1], full_batch(splits[i][1])) for i in range(num)]
+  layouts = [_pad_layout(lay, width(i)) if logit else lay for i, lay in enumerate(layouts)]
   shape_of = lambda tree: (jax.tree_util.tree_structure(tree), tuple(np.shape(x) for x in jax.tree.leaves(tree)))
   groups: dict = {}
   for i in range(num):
-    shapes = shape_of(_pad_layout(layout(i), width(i)) if logit else layout(i))
-    groups.setdefault((width(i), sources[i].num_classes, targets[i].num_classes, shapes), []).append(i)
+    groups.setdefault((width(i), sources[i].num_classes, targets[i].num_classes, shape_of(layouts[i])), []).append(i)
 
   def prepare(i):  # the expensive host steps: the source head and the starting transforms
     fit_pair = splits[i][0]
     _, head, params, k_fit = bd.prepare(keys[i], fit_pair.source, fit_pair.target, config, label_map=label_maps[i],
                                         prior=priors[i], head=heads[i])
-    return (k_fit, params, *layout(i), head)
+    return (k_fit, params, head)
 
   out: list[Optional[bd.Analysis]] = [None] * num
   devices = list(mesh.devices.flat)
@@ -658,7 +658,11 @@ def _analyse_prepared(keys, sources, targets, config, heads, label_maps, priors,
     prepared = {i: prepare(i) for i in sorted(mine)}
     stand_in = prepared[min(mine)]  # rows of other processes' devices: never read here (_shard builds own shards)
     stack = lambda trees: jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
-    group = stack([(_pad_dim(prepared.get(i, stand_in), d) if logit else prepared.get(i, stand_in)) for i in order])
+    rows = []
+    for i in order:
+      k, p, h = _pad_transforms(prepared.get(i, stand_in), d) if logit else prepared.get(i, stand_in)
+      rows.append((k, p, *layouts[i], h))
+    group = stack(rows)
     k_fit, params, data, pair, batch, head = _shard(group, mesh)
     cfg = config.resolved(d)
     history = {}
@@ -675,8 +679,7 @@ def _analyse_prepared(keys, sources, targets, config, heads, label_maps, priors,
       p = jax.tree.map(jnp.asarray, p)
       head_i = hd.LinearHead(W=jnp.asarray(head.W[j][:, :dim]), c=jnp.asarray(head.c[j]))
       t = {k: v[j] for k, v in terms.items()}
-      sizes = dict(split=split, n_source_fit=fit_pair.source.n, n_target_fit=fit_pair.target.n,
-                   n_source_eval=eval_pair.source.n, n_target_eval=eval_pair.target.n)
+      sizes = bd.split_sizes(split, (fit_pair.source.n, fit_pair.target.n), eval_pair)
       if blocked:
         res = bd.evaluate(p, eval_pair, head_i, configs[i], split=split,
                           fit_sizes=(fit_pair.source.n, fit_pair.target.n))
@@ -734,8 +737,9 @@ def _analyse_group(keys, sources, targets, config, heads, label_maps, priors, me
     ks0, kt0 = s.num_classes, t_task.num_classes
     p = jax.tree.map(jnp.asarray, _unpad_params(jax.tree.map(lambda x: x[j], params), ks0, kt0))
     h = hd.LinearHead(W=jnp.asarray(head.W[j, :ks0]), c=jnp.asarray(head.c[j, :ks0]))
+    pair = make_pair(s, t_task)
     res = bd.assemble_result({k: v[j] for k, v in t.items()}, w0[j], mismatch[j], p, config, ks0, kt0,
-                             n_source_eval=s.n, n_target_eval=t_task.n, n_source_fit=s.n, n_target_fit=t_task.n)
-    out.append(bd.Analysis(result=res, params=p, head=h, pair=make_pair(s, t_task),
+                             **bd.split_sizes("in-sample", (s.n, t_task.n), pair))
+    out.append(bd.Analysis(result=res, params=p, head=h, pair=pair,
                            history={k: v[j] for k, v in history.items()}))
   return out

@@ -43,7 +43,7 @@ __all__ = [
     "Term", "BoundConfig", "BoundData", "BoundResult", "Analysis", "default_terms", "objective", "objective_terms",
     "fit", "fit_resolved", "batch_drawer",
     "evaluate", "prepare", "initial_label_map", "analyse", "tta", "feature_gradients", "default_label_cost", "default_tau",
-    "tta_bound", "assemble_result", "certified_w", "split_w", "class_solver", "evaluate_terms", "feature_terms", "source_head", "holdout_split",
+    "tta_bound", "assemble_result", "split_sizes", "certified_w", "split_w", "class_solver", "evaluate_terms", "feature_terms", "source_head", "holdout_split",
     "optimizer", "per_class", "STATIC_FIELDS", "TRACED_FIELDS", "split_pair", "fit_data", "logit_result",
 ]
 
@@ -472,8 +472,7 @@ def evaluate(params, pair: TaskPair, head: hd.LinearHead, config: BoundConfig, *
   """Report the bound on the full data of ``pair`` (the evaluation split named by ``split``): certified ``W``,
   every term; the Lipschitz constant certified (logit space) or measured (feature space)."""
   config = config.resolved(pair.source.dim)
-  sizes = dict(split=split, n_source_fit=fit_sizes[0], n_target_fit=fit_sizes[1], n_source_eval=pair.source.n,
-               n_target_eval=pair.target.n)
+  sizes = split_sizes(split, fit_sizes, pair)
   batch = full_batch(pair)
   if config.space == "logit":
     if config.block_size is None:
@@ -481,8 +480,7 @@ def evaluate(params, pair: TaskPair, head: hd.LinearHead, config: BoundConfig, *
     else:
       u, a, v = lb.transport_problems(params, batch, head)
       class_w = class_solver(config, blocked=True)(u, a, v, batch.wt, ot.logit_range)
-      t = dict(lb.evaluation_terms(params, pair, batch, head), class_wasserstein=class_w,
-               wasserstein=jnp.sum(batch.pt * class_w))
+      t = lb.with_wasserstein(lb.evaluation_terms(params, pair, batch, head), class_w, batch.pt)
     return logit_result(jax.device_get(t), params, config, pair.num_source, pair.num_target, seconds, **sizes)
   if config.block_size is None:
     w0, _, mismatch = certified_w(params, batch, config)
@@ -490,6 +488,13 @@ def evaluate(params, pair: TaskPair, head: hd.LinearHead, config: BoundConfig, *
     w0, _, mismatch = split_w(params, batch, config, class_solver(config, blocked=True))
   t = jax.device_get(evaluate_terms(params, pair, head, batch, config))
   return assemble_result(t, w0, mismatch, params, config, pair.num_source, pair.num_target, seconds, **sizes)
+
+
+def split_sizes(split: str, fit_sizes: tuple[int, int], pair: TaskPair) -> dict:
+  """The :class:`BoundResult` fields that say which split the numbers are on: ``split`` and the fit / evaluation
+  sizes of both tasks (``pair``: the evaluation pair)."""
+  return dict(split=split, n_source_fit=fit_sizes[0], n_target_fit=fit_sizes[1], n_source_eval=pair.source.n,
+              n_target_eval=pair.target.n)
 
 
 def logit_result(t: dict, params, config: BoundConfig, num_source: int, num_target: int,

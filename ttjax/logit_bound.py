@@ -51,6 +51,7 @@ __all__ = [
     "LogitTransforms", "PARAM_NAMES", "SETTINGS", "trainable_names", "label_transforms", "init_logit_transforms",
     "source_logits", "target_logits", "transformed_probs", "weighted_source_loss", "conditional_entropy",
     "transport_problems", "class_wasserstein", "wasserstein", "map_penalty", "evaluation_terms", "certified_terms",
+    "with_wasserstein",
     "transformed_nll",
 ]
 
@@ -251,5 +252,10 @@ def certified_terms(params: LogitTransforms, pair: TaskPair, batch: Batch, head:
   u, a, v = transport_problems(params, batch, head)
   class_w = solvers.dense_classes(u, a, v, batch.wt, ot.logit_range, epsilon=config.eval_epsilon,
                                   num_iters=config.eval_iters, threshold=config.eval_threshold)
-  return dict(evaluation_terms(params, pair, batch, head), wasserstein=jnp.sum(batch.pt * class_w),
-              class_wasserstein=class_w)
+  return with_wasserstein(evaluation_terms(params, pair, batch, head), class_w, batch.pt)
+
+
+def with_wasserstein(terms: dict, class_w, pt) -> dict:
+  """:func:`evaluation_terms` ``terms`` with the certified per-class ``W_t`` (``class_wasserstein (K_t,)``, from
+  any certified solver) and ``wasserstein = sum_t p_t W_t``."""
+  return dict(terms, wasserstein=jnp.sum(pt * class_w), class_wasserstein=class_w)

@@ -175,6 +175,25 @@ def test_lbfgs_head_is_the_l2_logistic_regression_optimum():
   np.testing.assert_allclose(centre(ours), centre(theirs), atol=2e-3)
 
 
+def test_lbfgs_sweep_equals_its_members_trained_one_at_a_time():
+  """The L-BFGS sweep (a loop over the L2 strengths inside one program) keeps, per strength, exactly the head that
+  strength trains alone, and selects the member with the lowest validation loss."""
+  x, y = _blobs(5, 400, 8, 3, sep=0.5)
+  wds = (1e-4, 1e-2, 1.0)
+  sweep = ft.finetune_arrays(jax.random.key(0), *_split(x, y, 300), steps=40, method="lbfgs", wds=wds,
+                             standardise=False)
+  # the validation split finetune draws from its key (its first split)
+  fit_idx, val_idx = ft.split_train_val(jax.random.split(jax.random.key(0))[0], y[:300], 0.2)
+  zf, yf, zv, yv = (jnp.asarray(a) for a in (x[fit_idx], y[fit_idx], x[val_idx], y[val_idx]))
+  alone = [ft.train_head(jax.random.key(1), 0.0, wd, zf, yf, zv, yv, num_classes=3, steps=40, method="lbfgs")
+           for wd in wds]
+  np.testing.assert_allclose(sweep.sweep_val_loss[0], [float(r.best_val_loss) for r in alone], rtol=1e-5)
+  np.testing.assert_array_equal(sweep.sweep_best_step[0], [int(r.best_step) for r in alone])
+  best = alone[int(np.argmin([float(r.best_val_loss) for r in alone]))]
+  assert sweep.wd == wds[int(np.argmin([float(r.best_val_loss) for r in alone]))]
+  np.testing.assert_allclose(np.asarray(sweep.weights), np.asarray(best.params["w"]), atol=1e-5)
+
+
 def test_lbfgs_probe_is_rotation_equivariant_and_ignores_nuisance_dimensions():
   """Rotating the features rotates the L-BFGS head (same logits); 120 pure-noise dimensions next to 6 informative
   ones cost it a little (0.925 -> 0.845 here), the AdamW sweep a lot (0.925 -> 0.525): its per-coordinate steps

@@ -566,7 +566,7 @@ def source_head(key: jax.Array, source: Task, config: BoundConfig) -> hd.LinearH
   target is ``config.tau`` (:func:`ttjax.head.fit_head`)."""
   if config.space == "logit":
     # L-BFGS converges (or early-stops: validation picks the iteration) within ~100 iterations; past convergence
-    # its line search only burns time (300 iterations: 33 s, 100: 5 s on 1000 x 384 features, 2 cores)
+    # its line search only burns time
     run = ft.finetune(key, source, source, steps=min(config.head_steps, PROBE_STEPS), method="lbfgs",
                       wds=ft.DEFAULT_L2S)
     return hd.LinearHead(W=jnp.asarray(run.weights), c=jnp.asarray(run.bias))

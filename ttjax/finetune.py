@@ -22,7 +22,8 @@ Protocol (:func:`finetune`):
    keeps the parameters with the lowest validation loss seen so far (early stopping without a patience hyper-
    parameter: the returned head is the best-validation one, never the last one).
 3. The whole grid is one XLA program: the training loop is a ``lax.scan`` and the grid is ``jax.vmap``-ed over
-   ``(lr, wd)``. All members see the same minibatches (common random numbers).
+   ``(lr, wd)`` (L-BFGS: ``lax.map``-ped, see :func:`_sweep_program`). All members see the same minibatches
+   (common random numbers).
 4. The member with the lowest best-validation loss is selected and evaluated on the test task.
 
 All hyper-parameters and data shapes are static per call; the Python code only validates and splits on the host.
@@ -189,12 +190,13 @@ def _adamw_step(opt, key, z_fit, y_fit, batch_size, carry, t):
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps", "batch_size", "eval_every", "method"))
 def _sweep_program(key, lr_grid, wd_grid, z_fit, y_fit, z_val, y_val, z_test, y_test, *, num_classes, steps,
                    batch_size, eval_every, method="adamw"):
-  """Train every ``(lr_grid[s], wd_grid[s])`` (vmap), select by validation loss, evaluate; one XLA program."""
+  """Train every ``(lr_grid[s], wd_grid[s])`` (vmap; L-BFGS: a loop), select by validation loss, evaluate; one XLA
+  program."""
   train = functools.partial(train_head, key, z_fit=z_fit, y_fit=y_fit, z_val=z_val, y_val=y_val,
                             num_classes=num_classes, steps=steps, batch_size=batch_size, eval_every=eval_every,
                             method=method)
   # L-BFGS's line search is a while_loop: vmapped, every member runs the slowest member's evaluations on all five
-  # (31 s vs 3 s for 5 L2 strengths x 100 iterations on 4000 x 768 features, 2 cores), so its sweep is a loop
+  # (31 s vs 5 s for 5 L2 strengths x 100 iterations on 4000 x 768 features, 2 cores), so its sweep is a loop
   runs = (jax.lax.map(lambda g: train(*g), (lr_grid, wd_grid)) if method == "lbfgs"
           else jax.vmap(train)(lr_grid, wd_grid))
   best_val = jnp.where(jnp.isnan(runs.best_val_loss), jnp.inf, runs.best_val_loss)

@@ -40,6 +40,18 @@ def test_partition_blocks_are_matching_mass_and_cover_both_measures():
   np.testing.assert_allclose(got_b, b * a.astype(np.float64).sum() / b.astype(np.float64).sum(), rtol=1e-6)
 
 
+def test_padded_block_sizes_waste_under_a_quarter_and_stay_few():
+  sizes = np.arange(1, 70_000)
+  padded = np.array([solvers.padded_size(int(k)) for k in sizes])
+  assert (padded >= sizes).all() and (padded >= 16).all() and (np.diff(padded) >= 0).all()
+  big = sizes > 128
+  assert ((padded[big] - sizes[big]) * 4 < sizes[big]).all()  # padding < k / 4
+  assert (padded[~big] - sizes[~big] < 16).all()
+  for j in range(7, 17):  # eight padded sizes per octave [2^j, 2^(j+1))
+    assert len(set(padded[(sizes >= 2 ** j) & (sizes < 2 ** (j + 1))].tolist())) <= 8
+  assert solvers.padded_size(1250) == 1280 and solvers.padded_size(2048) == 2048
+
+
 @pytest.mark.parametrize("clustered", [False, True])
 def test_blocked_w_upper_bounds_exact_emd_and_is_close(clustered):
   x, a, y, b = _clouds(600, 500, 8, 1, clustered)

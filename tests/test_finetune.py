@@ -185,8 +185,9 @@ def test_lbfgs_sweep_equals_its_members_trained_one_at_a_time():
   # the validation split finetune draws from its key (its first split)
   fit_idx, val_idx = ft.split_train_val(jax.random.split(jax.random.key(0))[0], y[:300], 0.2)
   zf, yf, zv, yv = (jnp.asarray(a) for a in (x[fit_idx], y[fit_idx], x[val_idx], y[val_idx]))
-  alone = [ft.train_head(jax.random.key(1), 0.0, wd, zf, yf, zv, yv, num_classes=3, steps=40, method="lbfgs")
-           for wd in wds]
+  train = jax.jit(lambda wd: ft.train_head(jax.random.key(1), 0.0, wd, zf, yf, zv, yv, num_classes=3, steps=40,
+                                          method="lbfgs"))
+  alone = [train(jnp.float32(wd)) for wd in wds]
   np.testing.assert_allclose(sweep.sweep_val_loss[0], [float(r.best_val_loss) for r in alone], rtol=1e-5)
   np.testing.assert_array_equal(sweep.sweep_best_step[0], [int(r.best_step) for r in alone])
   best = alone[int(np.argmin([float(r.best_val_loss) for r in alone]))]

@@ -190,9 +190,9 @@ def test_lbfgs_sweep_equals_its_members_trained_one_at_a_time():
   alone = [train(jnp.float32(wd)) for wd in wds]
   np.testing.assert_allclose(sweep.sweep_val_loss[0], [float(r.best_val_loss) for r in alone], rtol=1e-5)
   np.testing.assert_array_equal(sweep.sweep_best_step[0], [int(r.best_step) for r in alone])
-  best = alone[int(np.argmin([float(r.best_val_loss) for r in alone]))]
-  assert sweep.wd == wds[int(np.argmin([float(r.best_val_loss) for r in alone]))]
-  np.testing.assert_allclose(np.asarray(sweep.weights), np.asarray(best.params["w"]), atol=1e-5)
+  s = int(np.argmin([float(r.best_val_loss) for r in alone]))
+  assert sweep.wd == wds[s]
+  np.testing.assert_allclose(np.asarray(sweep.weights), np.asarray(alone[s].params["w"]), atol=1e-5)
 
 
 def test_lbfgs_probe_is_rotation_equivariant_and_ignores_nuisance_dimensions():

@@ -679,10 +679,10 @@ def _analyse_prepared(keys, sources, targets, config, heads, label_maps, priors,
       p = jax.tree.map(jnp.asarray, p)
       head_i = hd.LinearHead(W=jnp.asarray(head.W[j][:, :dim]), c=jnp.asarray(head.c[j]))
       t = {k: v[j] for k, v in terms.items()}
-      sizes = bd.split_sizes(split, (fit_pair.source.n, fit_pair.target.n), eval_pair)
+      fit_sizes = (fit_pair.source.n, fit_pair.target.n)
+      sizes = bd.split_sizes(split, fit_sizes, eval_pair)
       if blocked:
-        res = bd.evaluate(p, eval_pair, head_i, configs[i], split=split,
-                          fit_sizes=(fit_pair.source.n, fit_pair.target.n))
+        res = bd.evaluate(p, eval_pair, head_i, configs[i], split=split, fit_sizes=fit_sizes)
       elif logit:
         res = bd.logit_result(t, p, configs[i], eval_pair.num_source, eval_pair.num_target, **sizes)
       else:

@@ -171,7 +171,7 @@ def padded_size(k: int) -> int:
   block ran as 2048 x 2048, 2.7x the Sinkhorn work), while the number of compiled block shapes stays logarithmic
   in ``n``."""
   step = max(1 << max(k.bit_length() - 3, 0), 16)
-  return max(16, -(-k // step) * step)
+  return -(-k // step) * step
 
 
 def blocked_value(x, a, y, b, *, cost_fn=ot.euclidean, block_size: int = 2048, epsilon: float = 0.005,

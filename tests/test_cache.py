@@ -165,3 +165,60 @@ def test_atomic_write_keeps_mode_and_symlink(tmp_path):
   with assets.atomic_file(fresh, "w") as f:
     f.write("x")
   assert (fresh.stat().st_mode & 0o777) == 0o644
+
+
+_HOLDER = """
+import sys, time, pathlib
+from ttjax import assets
+log = pathlib.Path(sys.argv[1])
+with assets.cache_lock("entry", sys.argv[2]):
+  log.write_text("held\\n")
+  time.sleep(1.0)
+  with open(log, "a") as f:
+    f.write("released\\n")
+"""
+
+
+def test_cache_lock_makes_another_process_wait_until_the_entry_is_built(tmp_path):
+  import subprocess
+  import sys
+  import time
+  log = tmp_path / "log.txt"
+  proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(log), str(tmp_path)])
+  try:
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "held" in log.read_text()):
+      assert proc.poll() is None and time.monotonic() < deadline, "the holder process never took the lock"
+      time.sleep(0.02)
+    with assets.cache_lock("entry", tmp_path):  # waits for the holder: its whole block has run
+      seen = log.read_text()
+    assert seen == "held\nreleased\n"
+  finally:
+    proc.wait(timeout=60)
+  assert proc.returncode == 0
+
+
+def test_cache_lock_is_reentrant_in_a_thread_and_exclusive_between_threads(tmp_path):
+  import threading
+  order = []
+
+  def nested():
+    with assets.cache_lock("entry", tmp_path):
+      with assets.cache_lock("entry", tmp_path):  # re-entry: does not wait for itself
+        order.append("nested")
+
+  def other():
+    with assets.cache_lock("entry", tmp_path):
+      order.append("other")
+
+  t = threading.Thread(target=nested, daemon=True)
+  t.start()
+  t.join(30)
+  assert order == ["nested"]
+  with assets.cache_lock("entry", tmp_path):
+    u = threading.Thread(target=other, daemon=True)
+    u.start()
+    u.join(0.5)
+    assert u.is_alive() and order == ["nested"]  # waiting for this thread's lock
+  u.join(30)
+  assert order == ["nested", "other"]

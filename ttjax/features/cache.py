@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ttjax import data
-from ttjax.assets import atomic_file, get_cache_dir
+from ttjax.assets import atomic_file, cache_lock, get_cache_dir
 from ttjax.data.loader import ALIASES, source_key
 from ttjax.features.encoder import Encoder, extract, fingerprint
 from ttjax.features.zoo import load_encoder, model_key
@@ -124,12 +124,16 @@ def cached_extract(model: Union[str, PathLike, Encoder], inputs, *, dataset: str
   hit = None if recompute else load_features(path, inputs_digest=digest)
   if hit is not None:
     return hit["features"]
-  enc = load_encoder(model, cache_dir=cache_dir, **kwargs) if not isinstance(model, Encoder) else model
-  z = extract(enc, inputs, progress=progress, desc=f"{enc.name}/{dataset}/{split}")
-  save_features(path, z, labels, class_names, meta={"encoder": enc.name, "fingerprint": enc.fingerprint,
-                                                    "encoder_meta": dict(enc.meta), "dataset": dataset,
-                                                    "split": split, "preprocessing": preprocessing,
-                                                    "inputs_digest": digest})
+  with cache_lock(path.name, cache_dir):  # another process extracting the same entry: wait for it
+    hit = None if recompute else load_features(path, inputs_digest=digest)
+    if hit is not None:
+      return hit["features"]
+    enc = load_encoder(model, cache_dir=cache_dir, **kwargs) if not isinstance(model, Encoder) else model
+    z = extract(enc, inputs, progress=progress, desc=f"{enc.name}/{dataset}/{split}")
+    save_features(path, z, labels, class_names, meta={"encoder": enc.name, "fingerprint": enc.fingerprint,
+                                                      "encoder_meta": dict(enc.meta), "dataset": dataset,
+                                                      "split": split, "preprocessing": preprocessing,
+                                                      "inputs_digest": digest})
   return z
 
 
@@ -142,10 +146,18 @@ def dataset_features(model: Union[str, PathLike, Encoder], dataset: str, split: 
   A cache hit returns without building the encoder or reading the dataset.
   """
   path = feature_path(model, dataset, split, cache_dir=cache_dir, data_dir=data_dir, **kwargs)
-  hit = None if recompute else load_features(path)
-  if hit is not None and hit["labels"] is not None and hit["class_names"] is not None:
-    return hit["features"], hit["labels"], hit["class_names"]
-  inputs, labels, names = data.load(dataset, split, data_dir=data_dir)
-  z = cached_extract(model, inputs, dataset=dataset, split=split, labels=labels, class_names=names,
-                     cache_dir=cache_dir, recompute=True, progress=progress, data_dir=data_dir, **kwargs)
-  return z, np.asarray(labels), list(names)
+
+  def whole_hit():
+    hit = None if recompute else load_features(path)
+    return hit if hit is not None and hit["labels"] is not None and hit["class_names"] is not None else None
+
+  hit = whole_hit()
+  if hit is None:
+    with cache_lock(path.name, cache_dir):  # the lock of cached_extract, taken early: re-entered there
+      hit = whole_hit()
+      if hit is None:
+        inputs, labels, names = data.load(dataset, split, data_dir=data_dir)
+        z = cached_extract(model, inputs, dataset=dataset, split=split, labels=labels, class_names=names,
+                           cache_dir=cache_dir, recompute=True, progress=progress, data_dir=data_dir, **kwargs)
+        return z, np.asarray(labels), list(names)
+  return hit["features"], hit["labels"], hit["class_names"]

@@ -17,8 +17,11 @@ $(VENV)/.ttjax-installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/ttjax demo
 
+# two pytest workers (one per core on CI's 2-core machine), one test file per worker at a time (module fixtures
+# are built once); TEST_WORKERS=0 runs the suite in this process
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup
 	$(PY) benchmarks/bound_speed.py

@@ -198,20 +198,34 @@ def np_knn(z, y, k=5):
   return np.mean((votes * (k + 1) - first).argmax(1) == y)
 
 
-def np_disco(z, y):
+def np_disco(z, y, num_groups=8, reg=1e-6):
+  """DISCO as ttjax defines it (:func:`ttjax.scores.disco`): SVD F = U S V^T, ``num_groups`` consecutive groups of
+  ``ceil(r / G)`` components, each scored by Gaussian classes with one pooled within-class covariance (+ ``reg``
+  times its mean diagonal) on ``U_g S_g``; the mean posterior of the true class, weighted by the group's share of
+  sum(s)."""
   u, s, _ = np.linalg.svd(z, full_matrices=False)
-  proj = u * s
-  k = y.max() + 1
-  logp = np.log(np.bincount(y) / len(y))
+  keep = s > len(s) * np.finfo(np.float32).eps * s[0]
+  r, k = len(s), y.max() + 1
+  size = -(-r // min(num_groups, r))
+  onehot = np.eye(k)[y]
+  log_prior = np.log(onehot.mean(0))
   total = 0.0
-  for j in range(proj.shape[1]):
-    p = proj[:, j]
-    mu = np.array([p[y == c].mean() for c in range(k)])
-    var = np.array([p[y == c].var() for c in range(k)]) + 1e-6 * p.var()
-    logit = -0.5 * (p[:, None] - mu[None]) ** 2 / var[None] + logp[None]
+  for lo in range(0, r, size):
+    idx = np.arange(lo, min(lo + size, r))[keep[lo:lo + size]]
+    if len(idx) == 0:
+      continue
+    p = u[:, idx] * s[idx]
+    mu = (onehot.T @ p) / onehot.sum(0)[:, None]
+    resid = p - mu[y]
+    w = resid.T @ resid / len(y)
+    w += reg * np.trace(w) / len(idx) * np.eye(len(idx))
+    wi = np.linalg.inv(w)
+    pw, mw = p @ wi, mu @ wi
+    q = (pw * p).sum(1)[:, None] - 2 * pw @ mu.T + (mw * mu).sum(1)[None]
+    logit = -0.5 * q + log_prior[None]
     logit -= logit.max(1, keepdims=True)
     e = np.exp(logit)
-    total += s[j] / s.sum() * (e[np.arange(len(y)), y] / e.sum(1)).mean()
+    total += s[idx].sum() / s[keep].sum() * (e[np.arange(len(y)), y] / e.sum(1)).mean()
   return total
 
 

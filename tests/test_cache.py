@@ -8,6 +8,10 @@ under the same names; NaN features, missing or bad ``meta``, 0-d / float / out-o
 import json
 import os
 import shutil
+import subprocess
+import sys
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -180,9 +184,6 @@ with assets.cache_lock("entry", sys.argv[2]):
 
 
 def test_cache_lock_makes_another_process_wait_until_the_entry_is_built(tmp_path):
-  import subprocess
-  import sys
-  import time
   log = tmp_path / "log.txt"
   proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(log), str(tmp_path)])
   try:
@@ -199,7 +200,6 @@ def test_cache_lock_makes_another_process_wait_until_the_entry_is_built(tmp_path
 
 
 def test_cache_lock_is_reentrant_in_a_thread_and_exclusive_between_threads(tmp_path):
-  import threading
   order = []
 
   def nested():

